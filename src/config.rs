@@ -1,0 +1,536 @@
+//! Configuration: the TOML schema, its defaults, validation, and the compiled
+//! route table the proxy consults on every request.
+//!
+//! Parsing is strict: unknown keys are errors, durations (`"30s"`) and sizes
+//! (`"512MiB"`) are human-readable strings, and every error names the file, the
+//! line, the column and the reason. The only I/O here is reading the file.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+use toml::Spanned;
+use wildmatch::WildMatch;
+
+/// Default proxy listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listen address (metrics, health).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default freshness of a 200 response on a route that sets no `ttl`.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Default bound on how long a follower waits for its leader's fetch.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a key whose answer was not shareable is passed straight through.
+pub const DEFAULT_HIT_FOR_PASS: Duration = Duration::from_secs(10);
+/// Default timeout for establishing an origin connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default timeout for a whole origin response (headers and body of a cache fill;
+/// the longest silence between body chunks of a passed response).
+pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time an idle pooled origin connection is kept.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default number of idle pooled connections kept per origin host.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+/// Default byte capacity of the hot cache.
+pub const DEFAULT_CACHE_MAX_SIZE: ByteSize = ByteSize::mib(512);
+/// Default largest response body the cache stores.
+pub const DEFAULT_MAX_OBJECT_SIZE: ByteSize = ByteSize::mib(8);
+/// Default time a client has to send its request headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default largest request head (request line and headers) accepted.
+pub const DEFAULT_MAX_HEADER_SIZE: ByteSize = ByteSize::kib(64);
+/// Default cap on concurrently open client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default grace period for in-flight requests at shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything corral runs from. Built from a TOML file with [`Config::load`] or
+/// [`Config::parse`], or from the command line with [`Config::for_origin`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Client-facing listeners and limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The one origin corral fronts.
+    pub origin: OriginConfig,
+    /// Hot cache sizing.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Routes in match order; a request matching none is passed through uncached.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`: where corral listens and what it accepts from clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address proxied traffic is accepted on.
+    pub listen: SocketAddr,
+    /// Address of the admin listener (metrics and health); never shared with traffic.
+    pub admin_listen: SocketAddr,
+    /// A client that has not sent its whole request head within this time is cut off.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted; larger ones are refused with 431.
+    pub max_header_size: ByteSize,
+    /// Connections beyond this many wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How long in-flight requests may take to finish once shutdown begins.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: parse_default_addr(DEFAULT_LISTEN),
+            admin_listen: parse_default_addr(DEFAULT_ADMIN_LISTEN),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_header_size: DEFAULT_MAX_HEADER_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+fn parse_default_addr(addr: &str) -> SocketAddr {
+    addr.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// `[origin]`: the upstream corral fetches from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Base URL, `http://host:port`; request paths are appended to it.
+    pub url: Spanned<String>,
+    /// Limit on establishing a TCP connection to the origin.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Limit on a whole cache fill, and on silence while streaming a passed response.
+    #[serde(default = "default_origin_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept open.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+}
+
+fn default_connect_timeout() -> Duration {
+    DEFAULT_CONNECT_TIMEOUT
+}
+fn default_origin_timeout() -> Duration {
+    DEFAULT_ORIGIN_TIMEOUT
+}
+fn default_pool_idle_timeout() -> Duration {
+    DEFAULT_POOL_IDLE_TIMEOUT
+}
+fn default_pool_max_idle() -> usize {
+    DEFAULT_POOL_MAX_IDLE
+}
+
+/// `[cache]`: the hot cache's memory budget.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Total weight (body, headers and key bytes) the hot cache holds before evicting.
+    pub max_size: ByteSize,
+    /// Larger responses are streamed to their client and never stored.
+    pub max_object_size: ByteSize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_size: DEFAULT_CACHE_MAX_SIZE,
+            max_object_size: DEFAULT_MAX_OBJECT_SIZE,
+        }
+    }
+}
+
+/// One `[[route]]` table as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Label used in metrics and logs; defaults to the match pattern.
+    pub name: Option<String>,
+    /// Path prefix (`/api/`) or glob (`/api/*/reviews`, `*` spans `/`).
+    #[serde(rename = "match")]
+    pub pattern: Spanned<String>,
+    /// Freshness given to a 200 response.
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Longest a follower waits for the leader's fetch before answering 504.
+    #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// How long a key whose answer was not shareable bypasses coalescing.
+    #[serde(default = "default_hit_for_pass", with = "humantime_serde")]
+    pub hit_for_pass: Duration,
+    /// `false` makes this a pass-through route: never cached, never coalesced.
+    #[serde(default = "default_true")]
+    pub cache: bool,
+}
+
+fn default_ttl() -> Duration {
+    DEFAULT_TTL
+}
+fn default_lock_timeout() -> Duration {
+    DEFAULT_LOCK_TIMEOUT
+}
+fn default_hit_for_pass() -> Duration {
+    DEFAULT_HIT_FOR_PASS
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Why a configuration was refused. Displays as `file:line:col: reason` when the
+/// position is known, so editors and CI logs can jump to it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{}: cannot read config: {source}", path.display())]
+    ReadConfigFile {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}:{line}:{column}: {reason}", path.display())]
+    InvalidConfig {
+        /// The file the problem is in.
+        path: PathBuf,
+        /// 1-based line of the offending value.
+        line: usize,
+        /// 1-based column of the offending value.
+        column: usize,
+        /// What is wrong, in words.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::ReadConfigFile`] when it cannot be read,
+    /// [`ConfigError::InvalidConfig`] with the position of the first problem otherwise.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadConfigFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is used only to label errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidConfig`] naming the line, column and reason.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |span: Option<Range<usize>>, reason: String| {
+            let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+            ConfigError::InvalidConfig {
+                path: path.to_owned(),
+                line,
+                column,
+                reason,
+            }
+        };
+        let config: Config =
+            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+        config
+            .validate()
+            .map_err(|(span, reason)| invalid(Some(span), reason))?;
+        Ok(config)
+    }
+
+    /// The configuration `corral --origin URL` runs with: one catch-all route.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidConfig`] when `origin` is not a usable URL.
+    pub fn for_origin(
+        origin: &str,
+        listen: SocketAddr,
+        admin_listen: SocketAddr,
+        ttl: Duration,
+    ) -> Result<Config, ConfigError> {
+        let config = Config {
+            server: ServerConfig {
+                listen,
+                admin_listen,
+                ..ServerConfig::default()
+            },
+            origin: OriginConfig {
+                url: Spanned::new(0..0, origin.to_owned()),
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                timeout: DEFAULT_ORIGIN_TIMEOUT,
+                pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+                pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            },
+            cache: CacheConfig::default(),
+            routes: vec![RouteConfig {
+                name: Some("default".to_owned()),
+                pattern: Spanned::new(0..0, "/".to_owned()),
+                ttl,
+                lock_timeout: DEFAULT_LOCK_TIMEOUT,
+                hit_for_pass: DEFAULT_HIT_FOR_PASS,
+                cache: true,
+            }],
+        };
+        config
+            .validate()
+            .map_err(|(_, reason)| ConfigError::InvalidConfig {
+                path: PathBuf::from("--origin"),
+                line: 1,
+                column: 1,
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: URL shape, pattern shape, sizes that contradict.
+    fn validate(&self) -> Result<(), (Range<usize>, String)> {
+        let url = self.origin.url.get_ref();
+        let parsed: http::Uri = url
+            .parse()
+            .map_err(|e| (self.origin.url.span(), format!("origin url {url:?}: {e}")))?;
+        if parsed.scheme_str() != Some("http") || parsed.authority().is_none() {
+            return Err((
+                self.origin.url.span(),
+                format!(
+                    "origin url {url:?} must be http://host[:port] (TLS origins are not supported yet)"
+                ),
+            ));
+        }
+        if parsed.query().is_some() {
+            return Err((
+                self.origin.url.span(),
+                format!("origin url {url:?} must not carry a query"),
+            ));
+        }
+        for route in &self.routes {
+            let pattern = route.pattern.get_ref();
+            if !pattern.starts_with('/') && !pattern.starts_with('*') {
+                return Err((
+                    route.pattern.span(),
+                    format!("route match {pattern:?} must start with '/' or '*'"),
+                ));
+            }
+        }
+        if self.cache.max_object_size > self.cache.max_size {
+            return Err((
+                0..0,
+                "cache.max_object_size is larger than cache.max_size".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Compiles the routes into the table the proxy matches requests against.
+    pub fn route_table(&self) -> RouteTable {
+        let routes = self
+            .routes
+            .iter()
+            .map(|r| {
+                let pattern = r.pattern.get_ref().clone();
+                let matcher = if pattern.contains(['*', '?']) {
+                    PathMatcher::Glob(WildMatch::new(&pattern))
+                } else {
+                    PathMatcher::Prefix(pattern.clone())
+                };
+                Route {
+                    name: r.name.clone().unwrap_or_else(|| pattern.clone()),
+                    matcher,
+                    ttl: r.ttl,
+                    lock_timeout: r.lock_timeout,
+                    hit_for_pass: r.hit_for_pass,
+                    cache: r.cache,
+                }
+            })
+            .collect();
+        RouteTable { routes }
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// How a route decides whether a path is its own.
+#[derive(Debug, Clone)]
+enum PathMatcher {
+    /// The path starts with this string.
+    Prefix(String),
+    /// The whole path matches this glob (`*` any run of characters, `?` one).
+    Glob(WildMatch),
+}
+
+/// A compiled route: everything the proxy needs to treat a matching request.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Label for metrics and logs (bounded: comes from the config, never the path).
+    pub name: String,
+    matcher: PathMatcher,
+    /// Freshness of a stored 200 response.
+    pub ttl: Duration,
+    /// Bound on a follower's wait for its leader.
+    pub lock_timeout: Duration,
+    /// How long an unshareable key bypasses coalescing.
+    pub hit_for_pass: Duration,
+    /// Whether responses on this route are cached and coalesced at all.
+    pub cache: bool,
+}
+
+impl Route {
+    fn matches(&self, path: &str) -> bool {
+        match &self.matcher {
+            PathMatcher::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatcher::Glob(glob) => glob.matches(path),
+        }
+    }
+}
+
+/// Routes in configuration order; the first match wins.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// The first route matching `path`, with its index, or `None` (pass through).
+    pub fn find(&self, path: &str) -> Option<(usize, &Route)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(path))
+    }
+
+    /// All routes in match order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("corral.toml"))
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let config = parse("[origin]\nurl = \"http://127.0.0.1:9000\"\n").unwrap();
+        assert_eq!(config.server.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.cache.max_size, DEFAULT_CACHE_MAX_SIZE);
+        assert_eq!(config.origin.timeout, DEFAULT_ORIGIN_TIMEOUT);
+        assert!(config.routes.is_empty());
+    }
+
+    #[test]
+    fn durations_and_sizes_are_human_readable() {
+        let config = parse(
+            r#"
+[origin]
+url = "http://127.0.0.1:9000"
+timeout = "250ms"
+[cache]
+max_size = "64MiB"
+max_object_size = "1MiB"
+[[route]]
+match = "/api/*"
+ttl = "2m"
+lock_timeout = "1s"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.origin.timeout, Duration::from_millis(250));
+        assert_eq!(config.cache.max_size, ByteSize::mib(64));
+        assert_eq!(config.routes[0].ttl, Duration::from_secs(120));
+        assert_eq!(config.routes[0].lock_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_position() {
+        let err = parse("[origin]\nurl = \"http://a:1\"\nspeed = 3\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("corral.toml:3:1: "), "{text}");
+        assert!(text.contains("speed"), "{text}");
+    }
+
+    #[test]
+    fn bad_duration_is_refused_with_its_position() {
+        let err = parse("[origin]\nurl = \"http://a:1\"\ntimeout = \"ten seconds\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("corral.toml:3:11: "), "{text}");
+    }
+
+    #[test]
+    fn non_http_origin_is_refused_at_the_url() {
+        let err = parse("[origin]\nurl = \"ftp://a:1\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("corral.toml:2:7: "), "{err}");
+    }
+
+    #[test]
+    fn route_pattern_must_be_a_path() {
+        let err =
+            parse("[origin]\nurl = \"http://a:1\"\n[[route]]\nmatch = \"api\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("corral.toml:4:9: "), "{err}");
+    }
+
+    #[test]
+    fn first_matching_route_wins_prefix_and_glob() {
+        let config = parse(
+            r#"
+[origin]
+url = "http://a:1"
+[[route]]
+name = "cart"
+match = "/api/cart/*"
+cache = false
+[[route]]
+name = "api"
+match = "/api/"
+[[route]]
+name = "reviews"
+match = "/shop/*/reviews"
+"#,
+        )
+        .unwrap();
+        let table = config.route_table();
+        assert_eq!(table.find("/api/cart/7").unwrap().1.name, "cart");
+        assert_eq!(table.find("/api/products/7").unwrap().1.name, "api");
+        assert_eq!(table.find("/shop/9/reviews").unwrap().1.name, "reviews");
+        assert!(table.find("/shop/9").is_none());
+        assert!(!table.find("/api/cart/7").unwrap().1.cache);
+    }
+
+    #[test]
+    fn for_origin_builds_a_catch_all_route() {
+        let config = Config::for_origin(
+            "http://127.0.0.1:9000",
+            DEFAULT_LISTEN.parse().unwrap(),
+            DEFAULT_ADMIN_LISTEN.parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let table = config.route_table();
+        let (_, route) = table.find("/anything?x=1").unwrap();
+        assert_eq!(route.ttl, Duration::from_secs(5));
+    }
+}

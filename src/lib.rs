@@ -1,0 +1,121 @@
+//! corral: a caching reverse proxy that stops thundering herds.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML schema, defaults, validation, compiled routes.
+//! - [`http`]: pure HTTP caching semantics (shareability, keys, `Cache-Status`).
+//! - [`cache`]: the byte-bounded hot cache and freshness maths.
+//! - [`coalesce`]: the flight map: one fetch per key at a time, generic.
+//! - [`origin`]: the pooled outbound client and its typed errors.
+//! - [`proxy`]: the per-request service tying the above together.
+//! - [`metrics`]: every metric, in one injected registry.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own listener.
+//! - [`server`]: listeners, connection limits, graceful shutdown.
+//! - [`mock_origin`]: an in-process origin for the demo, tests and benchmarks.
+//! - [`demo`]: the flash-sale demonstration behind `corral demo`.
+//!
+//! The caller binds the listeners and supplies the shutdown signal ([`Corral::serve`]),
+//! so tests run many instances side by side on ephemeral ports.
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod cache;
+pub mod coalesce;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod metrics;
+pub mod mock_origin;
+pub mod origin;
+pub mod proxy;
+pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::server::ConnectionLimits;
+
+/// Why corral could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The origin client could not be built.
+    #[error("cannot build the origin client: {0}")]
+    BuildOriginClient(#[from] reqwest::Error),
+}
+
+/// A configured corral instance, ready to serve on listeners the caller binds.
+pub struct Corral {
+    proxy: Proxy,
+    limits: ConnectionLimits,
+}
+
+impl Corral {
+    /// Builds the proxy, its cache and its metrics from `config`.
+    ///
+    /// # Errors
+    /// [`StartError`] when the origin client cannot be built.
+    pub fn new(config: &Config) -> Result<Corral, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        Ok(Corral {
+            proxy: Proxy::new(config, metrics)?,
+            limits: ConnectionLimits::from_config(&config.server),
+        })
+    }
+
+    /// The proxy service (its cache and metrics are reachable through it).
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    /// Serves proxied traffic on `listener` and the admin endpoints on `admin`
+    /// until `shutdown` resolves, then drains both within the shutdown timeout.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let (stop, stopped) = watch::channel(false);
+        let wait_stop = |mut stopped: watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let proxy = self.proxy.clone();
+        let traffic = server::serve(
+            listener,
+            self.limits.clone(),
+            proxy.metrics().connections_open.clone(),
+            move |request, client| {
+                let proxy = proxy.clone();
+                async move { proxy.handle(request, client).await }
+            },
+            wait_stop(stopped.clone()),
+        );
+        let admin_proxy = self.proxy.clone();
+        let admin_limits = ConnectionLimits {
+            max_connections: 64,
+            ..self.limits.clone()
+        };
+        let admin_traffic = server::serve(
+            admin,
+            admin_limits,
+            prometheus_client::metrics::gauge::Gauge::default(),
+            move |request, _client| {
+                let response = admin::handle(&admin_proxy, &request);
+                async move { response }
+            },
+            wait_stop(stopped),
+        );
+        let trigger = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, draining in-flight requests");
+            let _ = stop.send(true);
+        };
+        tokio::join!(traffic, admin_traffic, trigger);
+    }
+}

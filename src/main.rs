@@ -1,0 +1,226 @@
+//! The `corral` command: parses arguments, loads the config, installs logging,
+//! binds the listeners, and runs until SIGTERM or Ctrl-C. No proxy logic lives here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use corral::config::{self, Config};
+use corral::{Corral, demo};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// A caching reverse proxy that stops thundering herds.
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Run from this config file.
+    #[arg(long, env = "CORRAL_CONFIG", conflicts_with_all = ["origin", "listen", "admin_listen", "ttl"])]
+    config: Option<PathBuf>,
+
+    /// Run without a file, in front of this origin (http://host:port).
+    #[arg(long, env = "CORRAL_ORIGIN")]
+    origin: Option<String>,
+
+    /// Proxy listen address (with --origin).
+    #[arg(long, default_value = config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+
+    /// Admin listen address for /metrics and health (with --origin).
+    #[arg(long, default_value = config::DEFAULT_ADMIN_LISTEN)]
+    admin_listen: SocketAddr,
+
+    /// Freshness of cached 200 responses (with --origin), e.g. 30s, 5m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "CORRAL_LOG_FORMAT", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config file: exit 0, or print file:line:col and the reason.
+    Check {
+        /// The config file to validate.
+        file: PathBuf,
+    },
+    /// Run the flash-sale demonstration on loopback.
+    Demo {
+        /// Concurrent clients per wave.
+        #[arg(long, default_value_t = 800)]
+        clients: usize,
+        /// Origin response time, e.g. 120ms.
+        #[arg(long, default_value = "120ms", value_parser = humantime::parse_duration)]
+        origin_delay: Duration,
+        /// Do not draw the progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { file }) => check(&file),
+        Some(Command::Demo {
+            clients,
+            origin_delay,
+            no_progress,
+        }) => {
+            install_logging(cli.log_format, "warn");
+            let options = demo::DemoOptions {
+                clients,
+                origin_delay,
+                progress: !no_progress,
+            };
+            block_on(async move {
+                match demo::run(&options).await {
+                    Ok(waves) => {
+                        print!("{}", demo::render(&options, &waves, None));
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        eprintln!("corral demo: {error}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        None => {
+            install_logging(cli.log_format, "info");
+            let config = match (&cli.config, &cli.origin) {
+                (Some(path), _) => Config::load(path),
+                (None, Some(origin)) => {
+                    Config::for_origin(origin, cli.listen, cli.admin_listen, cli.ttl)
+                }
+                (None, None) => {
+                    eprintln!("corral: give --config FILE or --origin URL (see --help)");
+                    return ExitCode::from(2);
+                }
+            };
+            match config {
+                Ok(config) => block_on(serve(config)),
+                Err(error) => {
+                    eprintln!("{error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            println!("{}: ok ({} routes)", file.display(), config.routes.len());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = ExitCode>>(future: F) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(future),
+        Err(error) => {
+            eprintln!("corral: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|error| format!("cannot listen on {addr}: {error}"))
+    };
+    let listeners = match (
+        bind(config.server.listen).await,
+        bind(config.server.admin_listen).await,
+    ) {
+        (Ok(listener), Ok(admin)) => (listener, admin),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("corral: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let corral = match Corral::new(&config) {
+        Ok(corral) => corral,
+        Err(error) => {
+            eprintln!("corral: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        listen = %config.server.listen,
+        admin = %config.server.admin_listen,
+        origin = %config.origin.url.get_ref(),
+        routes = config.routes.len(),
+        "corral is serving"
+    );
+    corral
+        .serve(listeners.0, listeners.1, shutdown_signal())
+        .await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Resolves on the first SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+fn install_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,386 @@
+//! An in-process HTTP origin for the demo, the integration tests and the
+//! benchmarks. It counts every request it receives, and each path can be
+//! scripted to answer, answer slowly, fail, hang, reset the connection, break
+//! its body midway, or wait on a [`Gate`] the caller opens.
+//!
+//! It binds `127.0.0.1:0`; nothing here is meant for production traffic.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+type MockBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// What the origin does with one request.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// Answers with this reply.
+    Respond(Reply),
+    /// Reads the request and never answers.
+    Hang,
+    /// Closes the connection without answering (the client sees a reset).
+    Reset,
+    /// Sends the reply's head with its full `Content-Length`, then only the
+    /// first `sent` bytes of the body, then breaks the connection.
+    Truncate {
+        /// The reply whose body is cut short.
+        reply: Reply,
+        /// How many body bytes go out before the break.
+        sent: usize,
+    },
+    /// Waits until `gate` opens, then behaves as `then`.
+    Gated {
+        /// The gate the test or demo opens.
+        gate: Gate,
+        /// What happens once it is open.
+        then: Box<Behaviour>,
+    },
+}
+
+/// A scripted response.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+    /// Response body.
+    pub body: Bytes,
+    /// Time to wait before answering.
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// A 200 with `body` and no delay.
+    pub fn ok(body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// This reply with another status.
+    pub fn status(mut self, status: StatusCode) -> Reply {
+        self.status = status;
+        self
+    }
+
+    /// This reply with one more header.
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// This reply, sent after `delay`.
+    pub fn delay(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+}
+
+impl From<Reply> for Behaviour {
+    fn from(reply: Reply) -> Behaviour {
+        Behaviour::Respond(reply)
+    }
+}
+
+/// A latch that scripted requests wait on until it is opened. Opening is final.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    open: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate {
+            open: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Opens the gate: every request waiting on it, and every later one, proceeds.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    async fn wait(&self) {
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
+/// What a script sees of a request.
+#[derive(Debug)]
+pub struct Seen {
+    /// Request method.
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    /// Request headers as received.
+    pub headers: HeaderMap,
+    /// 1-based count of requests to this script so far, this one included.
+    pub nth: u64,
+}
+
+type Script = Arc<dyn Fn(&Seen) -> Behaviour + Send + Sync>;
+
+struct ScriptedPath {
+    prefix: String,
+    script: Script,
+    hits: AtomicU64,
+}
+
+struct State {
+    paths: Mutex<Vec<Arc<ScriptedPath>>>,
+    hits: watch::Sender<u64>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// A running in-process origin. Stops accepting when dropped.
+pub struct MockOrigin {
+    addr: SocketAddr,
+    state: Arc<State>,
+    acceptor: JoinHandle<()>,
+}
+
+impl Drop for MockOrigin {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl MockOrigin {
+    /// Starts an origin on `127.0.0.1:0` that answers 404 until scripted.
+    ///
+    /// # Errors
+    /// The listener could not be bound.
+    pub async fn start() -> std::io::Result<MockOrigin> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            paths: Mutex::new(Vec::new()),
+            hits: watch::channel(0).0,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
+        let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
+        Ok(MockOrigin {
+            addr,
+            state,
+            acceptor,
+        })
+    }
+
+    /// The origin's base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The origin's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Scripts every path starting with `prefix` (first registered match wins).
+    pub fn on(&self, prefix: &str, script: impl Fn(&Seen) -> Behaviour + Send + Sync + 'static) {
+        let scripted = Arc::new(ScriptedPath {
+            prefix: prefix.to_owned(),
+            script: Arc::new(script),
+            hits: AtomicU64::new(0),
+        });
+        if let Ok(mut paths) = self.state.paths.lock() {
+            paths.push(scripted);
+        }
+    }
+
+    /// Scripts `prefix` to always behave as `behaviour`.
+    pub fn always(&self, prefix: &str, behaviour: impl Into<Behaviour>) {
+        let behaviour = behaviour.into();
+        self.on(prefix, move |_| behaviour.clone());
+    }
+
+    /// Requests received so far, on every path.
+    pub fn hits(&self) -> u64 {
+        *self.state.hits.borrow()
+    }
+
+    /// Requests received so far by the script for `prefix`.
+    pub fn hits_on(&self, prefix: &str) -> u64 {
+        self.state.paths.lock().map_or(0, |paths| {
+            paths
+                .iter()
+                .find(|p| p.prefix == prefix)
+                .map_or(0, |p| p.hits.load(Ordering::SeqCst))
+        })
+    }
+
+    /// Waits until at least `count` requests have been received in all.
+    pub async fn wait_for_hits(&self, count: u64) {
+        let mut hits = self.state.hits.subscribe();
+        let _ = hits.wait_for(|hits| *hits >= count).await;
+    }
+
+    /// The most requests that were ever being answered at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let service = service_fn(move |request| {
+            let state = Arc::clone(&state);
+            async move { answer(&state, request).await }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+}
+
+/// Decrements the in-flight count however the request ends (even a hang that
+/// is dropped at shutdown).
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a State) -> InFlight<'a> {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The error that makes hyper drop the connection without an answer.
+#[derive(Debug)]
+struct ResetConnection;
+
+impl std::fmt::Display for ResetConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("scripted connection reset")
+    }
+}
+
+impl std::error::Error for ResetConnection {}
+
+async fn answer(
+    state: &State,
+    request: Request<Incoming>,
+) -> Result<Response<MockBody>, ResetConnection> {
+    let (parts, body) = request.into_parts();
+    // Read the whole request body first, as a real origin would.
+    let _ = body.collect().await;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let scripted = state
+        .paths
+        .lock()
+        .ok()
+        .and_then(|paths| paths.iter().find(|p| path.starts_with(&p.prefix)).cloned());
+    let _in_flight = InFlight::enter(state);
+    let behaviour = match &scripted {
+        Some(scripted) => {
+            let nth = scripted.hits.fetch_add(1, Ordering::SeqCst) + 1;
+            let seen = Seen {
+                method: parts.method,
+                path,
+                headers: parts.headers,
+                nth,
+            };
+            (scripted.script)(&seen)
+        }
+        None => Reply::ok("no script for this path\n")
+            .status(StatusCode::NOT_FOUND)
+            .into(),
+    };
+    state.hits.send_modify(|hits| *hits += 1);
+    perform(behaviour).await
+}
+
+async fn perform(mut behaviour: Behaviour) -> Result<Response<MockBody>, ResetConnection> {
+    loop {
+        match behaviour {
+            Behaviour::Gated { gate, then } => {
+                gate.wait().await;
+                behaviour = *then;
+            }
+            Behaviour::Respond(reply) => {
+                tokio::time::sleep(reply.delay).await;
+                let body = Full::new(reply.body.clone())
+                    .map_err(|never: Infallible| match never {})
+                    .boxed_unsync();
+                return Ok(build(&reply, body));
+            }
+            Behaviour::Hang => std::future::pending::<()>().await,
+            Behaviour::Reset => return Err(ResetConnection),
+            Behaviour::Truncate { reply, sent } => {
+                tokio::time::sleep(reply.delay).await;
+                let head = reply.body.slice(..sent.min(reply.body.len()));
+                let frames = futures_util::stream::iter([
+                    Ok(Frame::data(head)),
+                    Err(std::io::Error::other("scripted body break")),
+                ]);
+                let mut response = build(&reply, StreamBody::new(frames).boxed_unsync());
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, reply.body.len().into());
+                return Ok(response);
+            }
+        }
+    }
+}
+
+fn build(reply: &Reply, body: MockBody) -> Response<MockBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = reply.status;
+    for (name, value) in &reply.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
