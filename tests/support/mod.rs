@@ -1,0 +1,108 @@
+//! Shared harness for integration tests: corral started in-process on
+//! ephemeral loopback ports in front of a [`MockOrigin`], and a plain client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use corral::Corral;
+use corral::config::Config;
+use corral::mock_origin::MockOrigin;
+use corral::proxy::Proxy;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A corral instance serving on `127.0.0.1:0`.
+pub struct TestProxy {
+    /// Where proxied traffic goes.
+    pub addr: SocketAddr,
+    /// Where the admin endpoints are.
+    pub admin: SocketAddr,
+    /// The running proxy (its cache, metrics, flight map).
+    pub proxy: Proxy,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestProxy {
+    /// `http://ADDR{path}` on the proxy listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://ADMIN{path}` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Signals shutdown and waits until both listeners have drained.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("corral task panicked");
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Parses `toml` (an `[origin]` table is prepended, pointing at `origin`)
+/// into a config. Listen addresses are ignored by [`start`].
+pub fn config(origin: &MockOrigin, toml: &str) -> Config {
+    let text = format!("[origin]\nurl = \"{}\"\n{toml}", origin.url());
+    Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
+}
+
+/// Starts corral on ephemeral loopback ports with `config`.
+pub async fn start(config: Config) -> TestProxy {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind proxy");
+    let admin = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind admin");
+    let addr = listener.local_addr().expect("proxy addr");
+    let admin_addr = admin.local_addr().expect("admin addr");
+    let corral = Corral::new(&config).expect("corral builds");
+    let proxy = corral.proxy().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(corral.serve(listener, admin, async move {
+        let _ = stopped.await;
+    }));
+    TestProxy {
+        addr,
+        admin: admin_addr,
+        proxy,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A client that never uses a proxy from the environment and keeps up to
+/// 1,024 idle connections, so bursts open one connection per request.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .expect("client builds")
+}
+
+/// The `Cache-Status` header of a response, or "".
+pub fn cache_status(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
