@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use moka::Expiry;
+use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use tokio::time::Instant;
 
@@ -120,12 +121,18 @@ pub struct HotCache {
 
 impl HotCache {
     /// A cache that evicts (TinyLFU, by moka) once the weight of its entries
-    /// passes `max_bytes`.
-    pub fn new(max_bytes: u64) -> HotCache {
+    /// passes `max_bytes`, calling `on_evicted_for_space` for each entry it
+    /// pushes out to make room (not for expiries, replacements or purges).
+    pub fn new(max_bytes: u64, on_evicted_for_space: impl Fn() + Send + Sync + 'static) -> HotCache {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, value: &Arc<CachedResponse>| value.weight(key))
             .expire_after(EvictAfterFreshness)
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == RemovalCause::Size {
+                    on_evicted_for_space();
+                }
+            })
             .build();
         HotCache { entries }
     }
@@ -139,6 +146,25 @@ impl HotCache {
     /// every later `get` as soon as this returns.
     pub fn insert(&self, key: String, entry: Arc<CachedResponse>) {
         self.entries.insert(key, entry);
+    }
+
+    /// Removes every entry whose path (the key without its host) equals one of
+    /// `exact` or starts with one of `prefixes`; returns how many were removed.
+    /// Walks the whole cache: an admin operation, not a request-path one.
+    pub fn purge(&self, exact: &[String], prefixes: &[String]) -> usize {
+        let doomed: Vec<Arc<String>> = self
+            .entries
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|key| {
+                let path = key.find('/').map_or("", |at| &key[at..]);
+                exact.iter().any(|e| e == path) || prefixes.iter().any(|p| path.starts_with(p.as_str()))
+            })
+            .collect();
+        for key in &doomed {
+            self.entries.invalidate(key.as_str());
+        }
+        doomed.len()
     }
 
     /// Removes the entry under `key`, if any.
@@ -227,7 +253,11 @@ mod tests {
 
     #[tokio::test]
     async fn cache_is_bounded_by_bytes() {
-        let cache = HotCache::new(64 * 1024);
+        let evicted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&evicted);
+        let cache = HotCache::new(64 * 1024, move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
         static BODY: [u8; 1024] = [b'x'; 1024];
         for i in 0..1000 {
             cache.insert(format!("k{i}"), entry(&BODY, Duration::from_secs(60)));
@@ -239,6 +269,20 @@ mod tests {
             cache.weighted_size()
         );
         assert!(cache.entry_count() < 1000);
+        assert!(evicted.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn purge_matches_paths_exactly_or_by_prefix_across_hosts() {
+        let cache = HotCache::new(1 << 20, || {});
+        for key in ["a.example/p/1", "b.example/p/1", "a.example/p/2", "a.example/q/1"] {
+            cache.insert(key.to_owned(), entry(b"x", Duration::from_secs(60)));
+        }
+        assert_eq!(cache.purge(&["/p/1".to_owned()], &[]), 2);
+        assert!(cache.get("a.example/p/2").is_some());
+        assert_eq!(cache.purge(&[], &["/q/".to_owned()]), 1);
+        assert!(cache.get("a.example/q/1").is_none());
+        assert!(cache.get("a.example/p/2").is_some());
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub const DEFAULT_MAX_HEADER_SIZE: ByteSize = ByteSize::kib(64);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default grace period for in-flight requests at shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default largest request body accepted.
+pub const DEFAULT_MAX_REQUEST_BODY: ByteSize = ByteSize::mib(16);
+/// Default time a keep-alive client connection may sit idle between requests.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Everything corral runs from. Built from a TOML file with [`Config::load`] or
 /// [`Config::parse`], or from the command line with [`Config::for_origin`].
@@ -60,9 +64,39 @@ pub struct Config {
     /// Hot cache sizing.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Admin endpoint settings.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging settings.
+    #[serde(default)]
+    pub log: LogConfig,
     /// Routes in match order; a request matching none is passed through uncached.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[admin]`: who may use the admin listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// When set, every admin endpoint but `/healthz` requires
+    /// `Authorization: Bearer <token>` and answers 401 without it.
+    pub token: Option<String>,
+}
+
+/// `[log]`: what corral logs. The level filter comes from `RUST_LOG`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// One `corral::access` event per request (method, path, status,
+    /// cache_status, duration, bytes).
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { access_log: true }
+    }
 }
 
 /// `[server]`: where corral listens and what it accepts from clients.
@@ -83,6 +117,21 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish once shutdown begins.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Largest request body accepted. A larger `Content-Length` is refused with
+    /// 413 before any of the body is read; a body without one is cut off as soon
+    /// as it grows past this (413, or the connection closed if the origin has
+    /// already answered), so it is never forwarded whole.
+    pub max_request_body: ByteSize,
+    /// A keep-alive connection with no request in progress is closed when the
+    /// first byte of its next request has not arrived within this time.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Hosts (`name` or `name:port`) an absolute-form request target
+    /// (`GET http://host/path HTTP/1.1`) may name besides the origin's own; any
+    /// other is refused with 421 so corral never acts as an open forward proxy.
+    /// A name without a port allows every port. `Host` headers (and HTTP/2's
+    /// `:authority`) are not restricted.
+    pub hosts: Vec<Spanned<String>>,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +143,9 @@ impl Default for ServerConfig {
             max_header_size: DEFAULT_MAX_HEADER_SIZE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            hosts: Vec::new(),
         }
     }
 }
@@ -176,6 +228,9 @@ pub struct RouteConfig {
     /// `false` makes this a pass-through route: never cached, never coalesced.
     #[serde(default = "default_true")]
     pub cache: bool,
+    /// `true` sends the client's `Host` to the origin instead of the origin's own.
+    #[serde(default)]
+    pub preserve_host: bool,
 }
 
 fn default_ttl() -> Duration {
@@ -277,6 +332,8 @@ impl Config {
                 pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             },
             cache: CacheConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
             routes: vec![RouteConfig {
                 name: Some("default".to_owned()),
                 pattern: Spanned::new(0..0, "/".to_owned()),
@@ -284,6 +341,7 @@ impl Config {
                 lock_timeout: DEFAULT_LOCK_TIMEOUT,
                 hit_for_pass: DEFAULT_HIT_FOR_PASS,
                 cache: true,
+                preserve_host: false,
             }],
         };
         config
@@ -326,6 +384,18 @@ impl Config {
                 ));
             }
         }
+        for host in &self.server.hosts {
+            let name = host.get_ref();
+            let valid = name
+                .parse::<http::uri::Authority>()
+                .is_ok_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
+            if !valid {
+                return Err((
+                    host.span(),
+                    format!("server.hosts entry {name:?} must be a host name or host:port"),
+                ));
+            }
+        }
         if self.cache.max_object_size > self.cache.max_size {
             return Err((
                 0..0,
@@ -354,6 +424,7 @@ impl Config {
                     lock_timeout: r.lock_timeout,
                     hit_for_pass: r.hit_for_pass,
                     cache: r.cache,
+                    preserve_host: r.preserve_host,
                 }
             })
             .collect();
@@ -393,6 +464,8 @@ pub struct Route {
     pub hit_for_pass: Duration,
     /// Whether responses on this route are cached and coalesced at all.
     pub cache: bool,
+    /// Whether the client's `Host` is forwarded to the origin instead of the origin's.
+    pub preserve_host: bool,
 }
 
 impl Route {

@@ -9,7 +9,8 @@
 //! - [`origin`]: the pooled outbound client and its typed errors.
 //! - [`proxy`]: the per-request service tying the above together.
 //! - [`metrics`]: every metric, in one injected registry.
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own listener.
+//! - [`admin`]: metrics, health, purge and reload on their own listener.
+//! - [`reload`]: re-reading the config file (SIGHUP, `POST /reload`).
 //! - [`server`]: listeners, connection limits, graceful shutdown.
 //! - [`mock_origin`]: an in-process origin for the demo, tests and benchmarks.
 //! - [`demo`]: the flash-sale demonstration behind `corral demo`.
@@ -28,17 +29,21 @@ pub mod metrics;
 pub mod mock_origin;
 pub mod origin;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 use crate::server::ConnectionLimits;
 
 /// Why corral could not start.
@@ -53,6 +58,7 @@ pub enum StartError {
 pub struct Corral {
     proxy: Proxy,
     limits: ConnectionLimits,
+    reloader: Reloader,
 }
 
 impl Corral {
@@ -62,10 +68,24 @@ impl Corral {
     /// [`StartError`] when the origin client cannot be built.
     pub fn new(config: &Config) -> Result<Corral, StartError> {
         let metrics = Arc::new(Metrics::new());
+        let proxy = Proxy::new(config, metrics)?;
         Ok(Corral {
-            proxy: Proxy::new(config, metrics)?,
+            reloader: Reloader::new(proxy.clone(), config.clone(), None),
+            proxy,
             limits: ConnectionLimits::from_config(&config.server),
         })
+    }
+
+    /// Records that the config came from `path`, so SIGHUP and `POST /reload`
+    /// can re-read it. Without it, reloads are refused.
+    pub fn with_config_file(mut self, config: &Config, path: PathBuf) -> Corral {
+        self.reloader = Reloader::new(self.proxy.clone(), config.clone(), Some(path));
+        self
+    }
+
+    /// The handle that re-reads and applies the config file.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// The proxy service (its cache and metrics are reachable through it).
@@ -96,7 +116,7 @@ impl Corral {
             },
             wait_stop(stopped.clone()),
         );
-        let admin_proxy = self.proxy.clone();
+        let admin_handler = Admin::new(self.proxy.clone(), self.reloader.clone());
         let admin_limits = ConnectionLimits {
             max_connections: 64,
             ..self.limits.clone()
@@ -106,8 +126,8 @@ impl Corral {
             admin_limits,
             prometheus_client::metrics::gauge::Gauge::default(),
             move |request, _client| {
-                let response = admin::handle(&admin_proxy, &request);
-                async move { response }
+                let admin_handler = admin_handler.clone();
+                async move { admin_handler.handle(request).await }
             },
             wait_stop(stopped),
         );

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
                 }
             };
             match config {
-                Ok(config) => block_on(serve(config)),
+                Ok(config) => block_on(serve(config, cli.config)),
                 Err(error) => {
                     eprintln!("{error}");
                     ExitCode::FAILURE
@@ -148,7 +148,7 @@ fn block_on<F: std::future::Future<Output = ExitCode>>(future: F) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -165,7 +165,10 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let corral = match Corral::new(&config) {
-        Ok(corral) => corral,
+        Ok(corral) => match path {
+            Some(path) => corral.with_config_file(&config, path),
+            None => corral,
+        },
         Err(error) => {
             eprintln!("corral: {error}");
             return ExitCode::FAILURE;
@@ -178,11 +181,39 @@ async fn serve(config: Config) -> ExitCode {
         routes = config.routes.len(),
         "corral is serving"
     );
+    let reloads = tokio::spawn(reload_on_sighup(corral.reloader()));
     corral
         .serve(listeners.0, listeners.1, shutdown_signal())
         .await;
+    reloads.abort();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Re-reads the config file on every SIGHUP. A refused file is logged with
+/// its position and reason, and the running config stays.
+async fn reload_on_sighup(reloader: corral::reload::Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGHUP; reload with POST /reload");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(report) => {
+                    tracing::info!(routes = report.routes, ignored = ?report.ignored, "config reloaded (SIGHUP)");
+                }
+                Err(error) => tracing::error!(%error, "config reload refused; the running config stays"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
 }
 
 /// Resolves on the first SIGTERM or Ctrl-C.

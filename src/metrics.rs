@@ -6,7 +6,12 @@
 //! and origin outcomes from fixed sets. Per-route handles are resolved once when
 //! the route table is built, so the request path only touches atomics.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -34,6 +39,7 @@ struct OriginLabels {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    request_durations: Family<RequestLabels, LatencyHistogram>,
     origin_requests: Family<OriginLabels, Counter>,
     /// Time from sending an origin request to its response head.
     pub origin_duration: Histogram,
@@ -51,6 +57,8 @@ pub struct Metrics {
     pub cache_evictions: Counter,
     /// Client connections open now.
     pub connections_open: Gauge,
+    /// Clients cut off or refused by a client-facing limit, by limit.
+    pub client_limits: ClientLimitCounters,
 }
 
 impl Default for Metrics {
@@ -68,6 +76,12 @@ impl Metrics {
             "requests",
             "Requests answered, by route and cache status",
             requests.clone(),
+        );
+        let request_durations = Family::<RequestLabels, LatencyHistogram>::default();
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to sending its response head, by route and cache status",
+            request_durations.clone(),
         );
         let origin_requests = Family::<OriginLabels, Counter>::default();
         registry.register(
@@ -123,9 +137,23 @@ impl Metrics {
             "Client connections open",
             connections_open.clone(),
         );
+        let client_limit_family = Family::<ClientLimitLabels, Counter>::default();
+        registry.register(
+            "client_limit",
+            "Clients cut off or refused by a client-facing limit, by limit",
+            client_limit_family.clone(),
+        );
+        let client_limits = ClientLimitCounters {
+            counters: ClientLimit::ALL.map(|limit| {
+                client_limit_family.get_or_create_owned(&ClientLimitLabels {
+                    limit: limit.as_str(),
+                })
+            }),
+        };
         Metrics {
             registry,
             requests,
+            request_durations,
             origin_requests,
             origin_duration,
             flights_in_progress,
@@ -135,20 +163,23 @@ impl Metrics {
             cache_bytes,
             cache_evictions,
             connections_open,
+            client_limits,
         }
     }
 
     /// Resolves the handles for one route (or `unmatched`) once, up front.
     pub fn route(&self, route: &str) -> RouteMetrics {
-        let requests = CACHE_STATUSES.map(|cache_status| {
-            self.requests.get_or_create_owned(&RequestLabels {
-                route: route.to_owned(),
-                cache_status,
-            })
-        });
+        let labels = |cache_status| RequestLabels {
+            route: route.to_owned(),
+            cache_status,
+        };
+        let requests = CACHE_STATUSES.map(|status| self.requests.get_or_create_owned(&labels(status)));
+        let durations =
+            CACHE_STATUSES.map(|status| self.request_durations.get_or_create_owned(&labels(status)));
         RouteMetrics {
             route: route.to_owned(),
             requests,
+            durations,
         }
     }
 
@@ -178,19 +209,20 @@ impl Metrics {
 pub struct RouteMetrics {
     route: String,
     requests: [Counter; 6],
+    durations: [LatencyHistogram; 6],
 }
 
 impl RouteMetrics {
     /// Counts one answered request with its cache outcome.
     pub fn count(&self, outcome: CacheOutcome) {
-        let index = match outcome {
-            CacheOutcome::Hit => 0,
-            CacheOutcome::Miss => 1,
-            CacheOutcome::Coalesced => 2,
-            CacheOutcome::Pass(_) => 4,
-            CacheOutcome::Error => 5,
-        };
+        self.requests[status_index(outcome)].inc();
+    }
+
+    /// Counts one answered request and records how long its answer took.
+    pub fn record(&self, outcome: CacheOutcome, elapsed: Duration) {
+        let index = status_index(outcome);
         self.requests[index].inc();
+        self.durations[index].observe(elapsed);
     }
 
     /// How many requests were answered with `cache_status` so far (for tests and demos).
@@ -199,5 +231,181 @@ impl RouteMetrics {
             .iter()
             .position(|s| *s == cache_status)
             .map_or(0, |i| self.requests[i].get())
+    }
+}
+
+/// Index of `outcome` in [`CACHE_STATUSES`].
+fn status_index(outcome: CacheOutcome) -> usize {
+    match outcome {
+        CacheOutcome::Hit => 0,
+        CacheOutcome::Miss => 1,
+        CacheOutcome::Coalesced => 2,
+        CacheOutcome::Pass(_) => 4,
+        CacheOutcome::Error => 5,
+    }
+}
+
+/// Upper bounds, in seconds, of the request latency buckets.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram updated with three relaxed atomic adds and no lock
+/// (prometheus-client's own histogram takes a mutex per observation).
+/// Clones share the same counts.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram {
+    inner: Arc<LatencyCounts>,
+}
+
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    /// Per-bucket (not cumulative) counts; the last is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS.partition_point(|upper| secs > *upper);
+        let counts = &self.inner;
+        counts.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        counts.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        counts.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Observations recorded so far.
+    pub fn count(&self) -> u64 {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = &self.inner;
+        // `f64::MAX` is how prometheus-client spells the `+Inf` bucket.
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(counts.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        let sum = counts.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A client-facing limit or policy that cut a client off or refused its
+/// request before routing: the `limit` label of `corral_client_limit_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientLimit {
+    /// The request head did not arrive within `server.header_read_timeout`.
+    HeaderTimeout,
+    /// The request head was larger than `server.max_header_size` (431).
+    HeaderSize,
+    /// The request body was larger than `server.max_request_body` (413).
+    BodySize,
+    /// An accepted connection had to wait for a free slot (`server.max_connections`).
+    Connections,
+    /// A keep-alive connection stayed idle past `server.idle_timeout` and was closed.
+    Idle,
+    /// A method corral never proxies, such as CONNECT (405).
+    Method,
+    /// An absolute-form request target named a host corral does not serve (421).
+    Host,
+}
+
+impl ClientLimit {
+    /// Every limit, in label order.
+    pub const ALL: [ClientLimit; 7] = [
+        ClientLimit::HeaderTimeout,
+        ClientLimit::HeaderSize,
+        ClientLimit::BodySize,
+        ClientLimit::Connections,
+        ClientLimit::Idle,
+        ClientLimit::Method,
+        ClientLimit::Host,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientLimit::HeaderTimeout => "header_timeout",
+            ClientLimit::HeaderSize => "header_size",
+            ClientLimit::BodySize => "body_size",
+            ClientLimit::Connections => "connections",
+            ClientLimit::Idle => "idle",
+            ClientLimit::Method => "method",
+            ClientLimit::Host => "host",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLimitLabels {
+    limit: &'static str,
+}
+
+/// Pre-resolved `corral_client_limit_total` counters, one per [`ClientLimit`].
+/// Clones share their counts. The default is registered nowhere (for listeners
+/// whose limits are not exported, such as the admin one).
+#[derive(Clone, Debug, Default)]
+pub struct ClientLimitCounters {
+    counters: [Counter; ClientLimit::ALL.len()],
+}
+
+impl ClientLimitCounters {
+    /// Counts one client cut off or refused by `limit`.
+    pub fn count(&self, limit: ClientLimit) {
+        self.counters[limit as usize].inc();
+    }
+
+    /// How many clients `limit` has cut off or refused so far.
+    pub fn get(&self, limit: ClientLimit) -> u64 {
+        self.counters[limit as usize].get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histogram_buckets_and_sums() {
+        let histogram = LatencyHistogram::default();
+        histogram.observe(Duration::from_micros(300));
+        histogram.observe(Duration::from_millis(7));
+        histogram.observe(Duration::from_secs(60));
+        assert_eq!(histogram.count(), 3);
+        let counts = &histogram.inner;
+        assert_eq!(counts.buckets[0].load(Ordering::Relaxed), 1);
+        assert_eq!(counts.buckets[4].load(Ordering::Relaxed), 1);
+        assert_eq!(counts.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn encoded_text_has_route_and_status_labels() {
+        let metrics = Metrics::new();
+        let route = metrics.route("products");
+        route.record(CacheOutcome::Hit, Duration::from_millis(1));
+        let text = metrics.encode().unwrap();
+        assert!(text.contains(r#"corral_requests_total{route="products",cache_status="hit"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"corral_request_duration_seconds_bucket{le="0.001",route="products",cache_status="hit"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -9,6 +9,7 @@ mod error;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -78,30 +79,44 @@ enum LeaderOutcome {
     Failed(Arc<OriginError>),
 }
 
-/// Routes with their metric handles, swapped as a unit.
-struct RouteSet {
+/// Everything a reload may change, swapped as a unit: a request sees either the
+/// old settings or the new ones, never a mix.
+pub struct Settings {
     table: RouteTable,
-    metrics: Vec<RouteMetrics>,
+    route_metrics: Vec<RouteMetrics>,
     unmatched: RouteMetrics,
+    /// Whether one access-log event is emitted per request.
+    pub access_log: bool,
+    /// Bearer token the admin endpoints (except /healthz) require, if any.
+    pub admin_token: Option<String>,
 }
 
-impl RouteSet {
-    fn new(table: RouteTable, metrics: &Metrics) -> RouteSet {
+impl Settings {
+    /// Compiles `config`'s reloadable parts, resolving metric handles once.
+    pub fn new(config: &Config, metrics: &Metrics) -> Settings {
+        let table = config.route_table();
         let route_metrics = table
             .routes()
             .iter()
             .map(|r| metrics.route(&r.name))
             .collect();
-        RouteSet {
+        Settings {
             table,
-            metrics: route_metrics,
+            route_metrics,
             unmatched: metrics.route("unmatched"),
+            access_log: config.log.access_log,
+            admin_token: config.admin.token.clone(),
         }
+    }
+
+    /// The compiled routes.
+    pub fn routes(&self) -> &RouteTable {
+        &self.table
     }
 }
 
 struct ProxyState {
-    routes: RouteSet,
+    settings: ArcSwap<Settings>,
     cache: HotCache,
     pass_marks: PassMarks,
     flights: FlightMap<String, FlightOutcome>,
@@ -124,12 +139,15 @@ impl Proxy {
     /// The origin client could not be built.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, reqwest::Error> {
         let origin = OriginClient::new(&config.origin)?;
-        let cache = HotCache::new(config.cache.max_size.as_u64());
+        let evictions = metrics.cache_evictions.clone();
+        let cache = HotCache::new(config.cache.max_size.as_u64(), move || {
+            evictions.inc();
+        });
         let max_object_size =
             usize::try_from(config.cache.max_object_size.as_u64()).unwrap_or(usize::MAX);
         Ok(Proxy {
             state: Arc::new(ProxyState {
-                routes: RouteSet::new(config.route_table(), &metrics),
+                settings: ArcSwap::from_pointee(Settings::new(config, &metrics)),
                 cache,
                 pass_marks: PassMarks::new(PASS_MARK_CAPACITY),
                 flights: FlightMap::new(),
@@ -150,6 +168,20 @@ impl Proxy {
         &self.state.metrics
     }
 
+    /// The settings requests are served with now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.state.settings.load_full()
+    }
+
+    /// Applies the reloadable parts of `config` (routes, TTLs, lock timeouts,
+    /// access log, admin token) to requests that start from now on. Requests
+    /// in flight finish with the settings they started with; open connections
+    /// and the cache are untouched.
+    pub fn reload(&self, config: &Config) {
+        let settings = Settings::new(config, &self.state.metrics);
+        self.state.settings.store(Arc::new(settings));
+    }
+
     /// Number of keys with an origin fetch in flight.
     pub fn flights_in_flight(&self) -> usize {
         self.state.flights.in_flight()
@@ -162,10 +194,17 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let started = Instant::now();
         let (parts, body) = request.into_parts();
-        let routes = &self.state.routes;
-        let matched = routes.table.find(parts.uri.path());
-        let route_metrics = matched.map_or(&routes.unmatched, |(index, _)| &routes.metrics[index]);
+        let settings = self.state.settings.load_full();
+        // Cheap clones (an enum and a shared-bytes URI), taken only when logging.
+        let access = settings
+            .access_log
+            .then(|| (parts.method.clone(), parts.uri.clone()));
+        let matched = settings.table.find(parts.uri.path());
+        let route_metrics = matched.map_or(&settings.unmatched, |(index, _)| {
+            &settings.route_metrics[index]
+        });
         if parts.method == Method::CONNECT {
             let refused = ProxyError::BadRequest("CONNECT is not supported");
             route_metrics.count(CacheOutcome::Error);
@@ -188,7 +227,11 @@ impl Proxy {
                 self.pass(&parts, body, reason, client, route_metrics).await
             }
         };
-        route_metrics.count(outcome);
+        let elapsed = started.elapsed();
+        route_metrics.record(outcome, elapsed);
+        if let Some((method, uri)) = access {
+            log_access(&method, &uri, &response, outcome, elapsed);
+        }
         response
     }
 
@@ -645,6 +688,36 @@ fn concat(chunks: Vec<Bytes>, len: usize) -> Bytes {
         whole.extend_from_slice(&chunk);
     }
     whole.freeze()
+}
+
+/// One access-log event (target `corral::access`). `bytes` is the body length
+/// when known up front (cached answers, or a relayed `Content-Length`);
+/// `duration_ms` runs to the response head, not the end of a streamed body.
+fn log_access(
+    method: &Method,
+    uri: &http::Uri,
+    response: &Response<ProxyBody>,
+    outcome: CacheOutcome,
+    elapsed: std::time::Duration,
+) {
+    let bytes = http_body::Body::size_hint(response.body())
+        .exact()
+        .or_else(|| {
+            response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        });
+    tracing::info!(
+        target: "corral::access",
+        method = %method,
+        path = uri.path(),
+        status = response.status().as_u16(),
+        cache_status = outcome.label(),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        bytes,
+    );
 }
 
 /// Holds a gauge up for as long as it lives, however the holder ends.

@@ -1,0 +1,99 @@
+//! Live reload: re-read the config file and apply what can change without a
+//! restart. Routes, TTLs, lock timeouts, hit-for-pass windows, the access log
+//! switch and the admin token change for requests that start afterwards; open
+//! connections, in-flight requests and the cache are untouched. Listen
+//! addresses, the origin and the cache size cannot change by reload: a file
+//! that changes them is still applied for the rest, and each ignored change
+//! is reported as a warning.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Config, ConfigError};
+use crate::proxy::Proxy;
+
+/// Why a reload was refused; the running config stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// corral was started with `--origin`, so there is no file to re-read.
+    #[error("corral was started without a config file; nothing to reload")]
+    NoConfigFile,
+    /// The file is unreadable or invalid.
+    #[error(transparent)]
+    InvalidConfig(#[from] ConfigError),
+}
+
+/// What a successful reload applied.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    /// Routes now in force.
+    pub routes: usize,
+    /// Changes in the file that a reload cannot apply (restart needed).
+    pub ignored: Vec<String>,
+}
+
+/// Re-reads and applies the config file. Cheap to clone; reloads are
+/// serialised so two signals cannot interleave.
+#[derive(Clone)]
+pub struct Reloader {
+    proxy: Proxy,
+    path: Option<PathBuf>,
+    current: Arc<Mutex<Config>>,
+}
+
+impl Reloader {
+    /// A reloader for `proxy`, running with `config` read from `path` (if any).
+    pub fn new(proxy: Proxy, config: Config, path: Option<PathBuf>) -> Reloader {
+        Reloader {
+            proxy,
+            path,
+            current: Arc::new(Mutex::new(config)),
+        }
+    }
+
+    /// Re-reads the file and applies it.
+    ///
+    /// # Errors
+    /// [`ReloadError`] when there is no file or it is invalid; nothing changes then.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let path = self.path.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let next = Config::load(path)?;
+        // A poisoned lock only means an earlier reload panicked mid-way; the
+        // config inside is still a whole, valid one.
+        let mut current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ignored = restart_only_changes(&current, &next);
+        self.proxy.reload(&next);
+        let report = ReloadReport {
+            routes: next.routes.len(),
+            ignored,
+        };
+        *current = next;
+        Ok(report)
+    }
+}
+
+/// Settings in `next` that differ from `current` but need a restart.
+fn restart_only_changes(current: &Config, next: &Config) -> Vec<String> {
+    let mut ignored = Vec::new();
+    if current.server.listen != next.server.listen {
+        ignored.push(format!(
+            "server.listen changed to {} (still listening on {}; restart to apply)",
+            next.server.listen, current.server.listen
+        ));
+    }
+    if current.server.admin_listen != next.server.admin_listen {
+        ignored.push(format!(
+            "server.admin_listen changed to {} (still listening on {}; restart to apply)",
+            next.server.admin_listen, current.server.admin_listen
+        ));
+    }
+    if current.origin.url.get_ref() != next.origin.url.get_ref() {
+        ignored.push("origin.url changed (restart to apply)".to_owned());
+    }
+    if current.cache.max_size != next.cache.max_size
+        || current.cache.max_object_size != next.cache.max_object_size
+    {
+        ignored.push("cache sizes changed (restart to apply)".to_owned());
+    }
+    ignored
+}
