@@ -80,7 +80,7 @@ fn main() -> ExitCode {
             origin_delay,
             no_progress,
         }) => {
-            install_logging(cli.log_format, "warn");
+            let _logging = install_logging(cli.log_format, "warn");
             let options = demo::DemoOptions {
                 clients,
                 origin_delay,
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             })
         }
         None => {
-            install_logging(cli.log_format, "info");
+            let _logging = install_logging(cli.log_format, "info");
             let config = match (&cli.config, &cli.origin) {
                 (Some(path), _) => Config::load(path),
                 (None, Some(origin)) => {
@@ -208,7 +208,9 @@ async fn reload_on_sighup(reloader: corral::reload::Reloader) {
                 Ok(report) => {
                     tracing::info!(routes = report.routes, ignored = ?report.ignored, "config reloaded (SIGHUP)");
                 }
-                Err(error) => tracing::error!(%error, "config reload refused; the running config stays"),
+                Err(error) => {
+                    tracing::error!(%error, "config reload refused; the running config stays")
+                }
             }
         }
     }
@@ -244,14 +246,22 @@ async fn shutdown_signal() {
     }
 }
 
-fn install_logging(format: LogFormat, default_level: &str) {
+/// Installs the global subscriber. Lines go to stderr through a writer thread
+/// (tracing-appender), so a request never waits on a terminal or a log pipe;
+/// the returned guard flushes what is queued when dropped at exit.
+fn install_logging(
+    format: LogFormat,
+    default_level: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }

@@ -34,3 +34,28 @@ async fn miss_then_hit_through_real_sockets() {
     assert_eq!(origin.hits(), 1);
     corral.shutdown().await;
 }
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served_and_shares_the_cache() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/p", Reply::ok("over h2"));
+    let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+
+    let first = h2.get(corral.url("/p")).send().await.unwrap();
+    assert_eq!(first.version(), reqwest::Version::HTTP_2);
+    assert_eq!(first.text().await.unwrap(), "over h2");
+    let over_h1 = support::client()
+        .get(corral.url("/p"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over_h1.version(), reqwest::Version::HTTP_11);
+    assert!(support::cache_status(&over_h1).contains("hit"));
+    assert_eq!(origin.hits(), 1);
+    corral.shutdown().await;
+}
