@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -25,6 +26,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 type MockBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// How long a truncated body stalls after its partial bytes before breaking.
+const TRUNCATE_PAUSE: Duration = Duration::from_millis(20);
 
 /// What the origin does with one request.
 #[derive(Clone, Debug)]
@@ -357,10 +361,15 @@ async fn perform(mut behaviour: Behaviour) -> Result<Response<MockBody>, ResetCo
             Behaviour::Truncate { reply, sent } => {
                 tokio::time::sleep(reply.delay).await;
                 let head = reply.body.slice(..sent.min(reply.body.len()));
-                let frames = futures_util::stream::iter([
-                    Ok(Frame::data(head)),
-                    Err(std::io::Error::other("scripted body break")),
-                ]);
+                // Pause between the partial body and the break so hyper flushes
+                // the head and those bytes first: the client must see a body
+                // that breaks after it began, not a connection that never answered.
+                let partial = futures_util::stream::iter([Ok(Frame::data(head))]);
+                let break_off = futures_util::stream::once(async {
+                    tokio::time::sleep(TRUNCATE_PAUSE).await;
+                    Err(std::io::Error::other("scripted body break"))
+                });
+                let frames = partial.chain(break_off);
                 let mut response = build(&reply, StreamBody::new(frames).boxed_unsync());
                 response
                     .headers_mut()

@@ -106,3 +106,64 @@ pub fn cache_status(response: &reqwest::Response) -> String {
         .unwrap_or("")
         .to_owned()
 }
+
+/// Like [`config`], with `origin_keys` (TOML lines such as `timeout = "300ms"`)
+/// added to the `[origin]` table before `toml`.
+pub fn config_with_origin(origin: &MockOrigin, origin_keys: &str, toml: &str) -> Config {
+    let text = format!(
+        "[origin]\nurl = \"{}\"\n{origin_keys}\n{toml}",
+        origin.url()
+    );
+    Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
+}
+
+/// Waits until `condition` holds, checking every millisecond; panics naming
+/// `what` if it still does not hold after `within`. For waiting on gauges and
+/// counters, never for pacing.
+pub async fn wait_until(
+    what: &str,
+    within: std::time::Duration,
+    mut condition: impl FnMut() -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// Opens a raw connection to `addr` and writes one HTTP/1.1 request head
+/// (`method path`, `Host`, then `extra_headers`, each a full `Name: value` line).
+/// The caller reads the answer, or drops the stream to disconnect mid-request.
+pub async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &[&str],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to proxy");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for header in extra_headers {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("write request head");
+    stream
+}
+
+/// Parses `toml` with an `[origin]` table pointing at `url` (for origins other
+/// than [`MockOrigin`], such as a bare TCP listener a test scripts byte by byte).
+pub fn config_for_url(url: &str, toml: &str) -> Config {
+    let text = format!("[origin]\nurl = \"{url}\"\n{toml}");
+    Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
+}

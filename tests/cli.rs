@@ -1,0 +1,117 @@
+//! `corral check FILE`, run as the real binary: an invalid config is refused
+//! with `file:line:col: reason` and a non-zero exit; a valid one exits 0
+//! (DESIGN.md invariant 9).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A directory of its own under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("corral-cli-{name}-{}-{unique}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn write(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.0.join(file);
+        std::fs::write(&path, text).expect("write config file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn check(file: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_corral"))
+        .arg("check")
+        .arg(file)
+        .env_remove("CORRAL_CONFIG")
+        .env_remove("CORRAL_ORIGIN")
+        .output()
+        .expect("run corral check")
+}
+
+/// Asserts `corral check` refused `file` at `line:col`, with a reason containing `mentions`.
+fn assert_refused_at(file: &Path, line: usize, column: usize, mentions: &str) {
+    let output = check(file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "an invalid config must exit non-zero; stderr: {stderr}"
+    );
+    let prefix = format!("{}:{line}:{column}: ", file.display());
+    let first_line = stderr.lines().next().unwrap_or("");
+    assert!(
+        first_line.starts_with(&prefix),
+        "expected `{prefix}<reason>`, got: {stderr}"
+    );
+    let reason = &first_line[prefix.len()..];
+    assert!(!reason.trim().is_empty(), "the reason is missing: {stderr}");
+    assert!(
+        reason.contains(mentions),
+        "the reason should mention {mentions:?}: {stderr}"
+    );
+}
+
+#[test]
+fn check_refuses_unknown_key_with_file_line_col() {
+    let dir = TempDir::new("unknown-key");
+    let file = dir.write(
+        "corral.toml",
+        "[origin]\nurl = \"http://127.0.0.1:9000\"\n\n[[route]]\nmatch = \"/api/\"\ncolour = \"blue\"\n",
+    );
+    assert_refused_at(&file, 6, 1, "colour");
+}
+
+#[test]
+fn check_refuses_bad_duration_with_file_line_col() {
+    let dir = TempDir::new("bad-duration");
+    let file = dir.write(
+        "corral.toml",
+        "[origin]\nurl = \"http://127.0.0.1:9000\"\n\n[[route]]\nmatch = \"/api/\"\nttl = \"forever\"\n",
+    );
+    assert_refused_at(&file, 6, 7, "forever");
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let dir = TempDir::new("valid");
+    let file = dir.write(
+        "corral.toml",
+        r#"[origin]
+url = "http://127.0.0.1:9000"
+timeout = "300ms"
+
+[cache]
+max_size = "64MiB"
+max_object_size = "1MiB"
+
+[[route]]
+match = "/api/products/*"
+ttl = "30s"
+lock_timeout = "200ms"
+
+[[route]]
+match = "/api/cart/"
+cache = false
+"#,
+    );
+    let output = check(&file);
+    assert!(
+        output.status.success(),
+        "a valid config must exit 0; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
