@@ -51,9 +51,10 @@ impl Admin {
         }
         if !self.authorised(request.headers()) {
             let mut response = text(StatusCode::UNAUTHORIZED, "admin token required\n");
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             return response;
         }
         match (request.method().as_str(), path.as_str()) {
@@ -123,14 +124,20 @@ impl Admin {
             Ok(collected) => collected.to_bytes(),
             Err(error) => {
                 let message = format!("cannot read purge body: {error}");
-                return json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": message }));
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": message }),
+                );
             }
         };
         let targets: Vec<String> = match serde_json::from_slice(&bytes) {
             Ok(targets) => targets,
             Err(error) => {
                 let message = format!("purge body must be a JSON list of paths: {error}");
-                return json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": message }));
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": message }),
+                );
             }
         };
         let (prefixes, exact): (Vec<String>, Vec<String>) =

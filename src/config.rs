@@ -34,6 +34,37 @@ pub const DEFAULT_ORIGIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Default number of idle pooled connections kept per origin host.
 pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+/// Default limit from sending an origin request to its response head.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default limit on everything corral does at the origin for one request
+/// (queueing, attempts, backoff).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default number of extra attempts for a failed GET or HEAD.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Default ceiling of the first retry's backoff (doubles for each further retry).
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// Default largest backoff ceiling.
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Default fraction of origin requests that retries may add.
+pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
+/// Default window the retry budget is measured over.
+pub const DEFAULT_RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// Default longest pause an origin's `Retry-After` can impose.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Default share of failed origin requests that opens the circuit breaker.
+pub const DEFAULT_BREAKER_FAILURE_RATE: f64 = 0.5;
+/// Default fewest origin requests in the window before the breaker may open.
+pub const DEFAULT_BREAKER_MIN_REQUESTS: u64 = 20;
+/// Default window the breaker counts failures over.
+pub const DEFAULT_BREAKER_WINDOW: Duration = Duration::from_secs(10);
+/// Default time the breaker stays open before letting one probe through.
+pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
+/// Default most requests in flight to the origin at once.
+pub const DEFAULT_MAX_CONCURRENT: usize = 256;
+/// Default places in the queue for an origin concurrency slot.
+pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
+/// Default longest wait in that queue before the request is shed.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default byte capacity of the hot cache.
 pub const DEFAULT_CACHE_MAX_SIZE: ByteSize = ByteSize::mib(512);
 /// Default largest response body the cache stores.
@@ -107,12 +138,15 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Address of the admin listener (metrics and health); never shared with traffic.
     pub admin_listen: SocketAddr,
-    /// A client that has not sent its whole request head within this time is cut off.
+    /// A client that has not sent its whole request head within this time is cut
+    /// off: timed from accept for a connection's first request, from the head's
+    /// first byte for later ones.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Largest request head accepted; larger ones are refused with 431.
     pub max_header_size: ByteSize,
-    /// Connections beyond this many wait in the kernel's accept queue.
+    /// Connections served at once. One more is accepted and held unread until a
+    /// slot frees; the rest wait in the kernel's accept queue.
     pub max_connections: usize,
     /// How long in-flight requests may take to finish once shutdown begins.
     #[serde(with = "humantime_serde")]
@@ -173,6 +207,119 @@ pub struct OriginConfig {
     /// Idle pooled connections kept open.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle: usize,
+    /// Limit from sending a request to the origin's response head (each attempt).
+    #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// The client-facing deadline: everything corral does at the origin for one
+    /// request (queueing, every attempt, every backoff) must fit in it, or the
+    /// client gets 504. A passed response's streamed body is not bounded by it.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Extra attempts for a GET or HEAD after a connect error, a reset, or a
+    /// 502, 503 or 504 (never for other methods). `0` turns retries off.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Backoff ceiling before the first retry; it doubles for each further one.
+    /// The actual delay is drawn uniformly below the ceiling (full jitter).
+    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Largest backoff ceiling.
+    #[serde(default = "default_retry_backoff_max", with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// Retries may add at most this fraction (`0.2` = 20%) to the requests sent
+    /// to the origin over `retry_budget_window`, so they cannot multiply an outage.
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget: f64,
+    /// Sliding window the retry budget is measured over.
+    #[serde(default = "default_retry_budget_window", with = "humantime_serde")]
+    pub retry_budget_window: Duration,
+    /// A 429 or 503 with `Retry-After` stops every request to the origin until it
+    /// expires, but for no longer than this.
+    #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// The circuit breaker opens when this share (0 to 1) of origin requests in
+    /// `breaker_window` failed (connection errors, timeouts, 5xx)…
+    #[serde(default = "default_breaker_failure_rate")]
+    pub breaker_failure_rate: f64,
+    /// …and at least this many requests are in the window.
+    #[serde(default = "default_breaker_min_requests")]
+    pub breaker_min_requests: u64,
+    /// Sliding window the circuit breaker counts outcomes over.
+    #[serde(default = "default_breaker_window", with = "humantime_serde")]
+    pub breaker_window: Duration,
+    /// How long an open breaker answers without the origin (stale entries, else
+    /// 503 with `Retry-After`) before letting one probe request through.
+    #[serde(default = "default_breaker_open_for", with = "humantime_serde")]
+    pub breaker_open_for: Duration,
+    /// Most requests in flight to the origin at once (fills and passes; requests
+    /// coalesced behind a fill take no slot).
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: usize,
+    /// Requests beyond `max_concurrent` wait in a queue of this many places;
+    /// beyond that they are shed with 503 and `Retry-After`. `0`: no queue.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    /// Longest wait in the queue before the request is shed.
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+}
+
+impl OriginConfig {
+    /// The origin at `url` with every other setting at its default.
+    pub fn for_url(url: Spanned<String>) -> OriginConfig {
+        OriginConfig {
+            url,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            timeout: DEFAULT_ORIGIN_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            retries: DEFAULT_RETRIES,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            retry_backoff_max: DEFAULT_RETRY_BACKOFF_MAX,
+            retry_budget: DEFAULT_RETRY_BUDGET,
+            retry_budget_window: DEFAULT_RETRY_BUDGET_WINDOW,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            breaker_failure_rate: DEFAULT_BREAKER_FAILURE_RATE,
+            breaker_min_requests: DEFAULT_BREAKER_MIN_REQUESTS,
+            breaker_window: DEFAULT_BREAKER_WINDOW,
+            breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+        }
+    }
+
+    /// Checks the protection settings serde cannot: ranges and non-zero limits.
+    fn validate(&self) -> Result<(), String> {
+        let limits = [
+            ("connect_timeout", self.connect_timeout),
+            ("timeout", self.timeout),
+            ("first_byte_timeout", self.first_byte_timeout),
+            ("request_timeout", self.request_timeout),
+            ("retry_budget_window", self.retry_budget_window),
+            ("breaker_window", self.breaker_window),
+        ];
+        if let Some((name, _)) = limits.iter().find(|(_, limit)| limit.is_zero()) {
+            return Err(format!("origin.{name} must be longer than zero"));
+        }
+        if !(self.retry_budget.is_finite() && self.retry_budget >= 0.0) {
+            return Err(
+                "origin.retry_budget must be a fraction of zero or more (0.2 = 20%)".into(),
+            );
+        }
+        if !(self.breaker_failure_rate > 0.0 && self.breaker_failure_rate <= 1.0) {
+            return Err("origin.breaker_failure_rate must be above 0 and at most 1".into());
+        }
+        if self.breaker_min_requests == 0 {
+            return Err("origin.breaker_min_requests must be at least 1".into());
+        }
+        if self.max_concurrent == 0 {
+            return Err("origin.max_concurrent must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 fn default_connect_timeout() -> Duration {
@@ -186,6 +333,51 @@ fn default_pool_idle_timeout() -> Duration {
 }
 fn default_pool_max_idle() -> usize {
     DEFAULT_POOL_MAX_IDLE
+}
+fn default_first_byte_timeout() -> Duration {
+    DEFAULT_FIRST_BYTE_TIMEOUT
+}
+fn default_request_timeout() -> Duration {
+    DEFAULT_REQUEST_TIMEOUT
+}
+fn default_retries() -> u32 {
+    DEFAULT_RETRIES
+}
+fn default_retry_backoff() -> Duration {
+    DEFAULT_RETRY_BACKOFF
+}
+fn default_retry_backoff_max() -> Duration {
+    DEFAULT_RETRY_BACKOFF_MAX
+}
+fn default_retry_budget() -> f64 {
+    DEFAULT_RETRY_BUDGET
+}
+fn default_retry_budget_window() -> Duration {
+    DEFAULT_RETRY_BUDGET_WINDOW
+}
+fn default_max_retry_after() -> Duration {
+    DEFAULT_MAX_RETRY_AFTER
+}
+fn default_breaker_failure_rate() -> f64 {
+    DEFAULT_BREAKER_FAILURE_RATE
+}
+fn default_breaker_min_requests() -> u64 {
+    DEFAULT_BREAKER_MIN_REQUESTS
+}
+fn default_breaker_window() -> Duration {
+    DEFAULT_BREAKER_WINDOW
+}
+fn default_breaker_open_for() -> Duration {
+    DEFAULT_BREAKER_OPEN_FOR
+}
+fn default_max_concurrent() -> usize {
+    DEFAULT_MAX_CONCURRENT
+}
+fn default_queue_depth() -> usize {
+    DEFAULT_QUEUE_DEPTH
+}
+fn default_queue_timeout() -> Duration {
+    DEFAULT_QUEUE_TIMEOUT
 }
 
 /// `[cache]`: the hot cache's memory budget.
@@ -231,6 +423,18 @@ pub struct RouteConfig {
     /// `true` sends the client's `Host` to the origin instead of the origin's own.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Overrides `origin.connect_timeout` for requests on this route.
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// Overrides `origin.first_byte_timeout` for requests on this route.
+    #[serde(default, with = "humantime_serde")]
+    pub first_byte_timeout: Option<Duration>,
+    /// Overrides `origin.timeout` for requests on this route.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Overrides `origin.request_timeout` for requests on this route.
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
 }
 
 fn default_ttl() -> Duration {
@@ -324,13 +528,7 @@ impl Config {
                 admin_listen,
                 ..ServerConfig::default()
             },
-            origin: OriginConfig {
-                url: Spanned::new(0..0, origin.to_owned()),
-                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                timeout: DEFAULT_ORIGIN_TIMEOUT,
-                pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
-                pool_max_idle: DEFAULT_POOL_MAX_IDLE,
-            },
+            origin: OriginConfig::for_url(Spanned::new(0..0, origin.to_owned())),
             cache: CacheConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
@@ -342,6 +540,10 @@ impl Config {
                 hit_for_pass: DEFAULT_HIT_FOR_PASS,
                 cache: true,
                 preserve_host: false,
+                connect_timeout: None,
+                first_byte_timeout: None,
+                timeout: None,
+                request_timeout: None,
             }],
         };
         config
@@ -375,12 +577,27 @@ impl Config {
                 format!("origin url {url:?} must not carry a query"),
             ));
         }
+        self.origin
+            .validate()
+            .map_err(|reason| (self.origin.url.span(), reason))?;
         for route in &self.routes {
             let pattern = route.pattern.get_ref();
             if !pattern.starts_with('/') && !pattern.starts_with('*') {
                 return Err((
                     route.pattern.span(),
                     format!("route match {pattern:?} must start with '/' or '*'"),
+                ));
+            }
+            let overrides = [
+                route.connect_timeout,
+                route.first_byte_timeout,
+                route.timeout,
+                route.request_timeout,
+            ];
+            if overrides.iter().flatten().any(Duration::is_zero) {
+                return Err((
+                    route.pattern.span(),
+                    format!("route {pattern:?}: timeouts must be longer than zero"),
                 ));
             }
         }
@@ -425,6 +642,10 @@ impl Config {
                     hit_for_pass: r.hit_for_pass,
                     cache: r.cache,
                     preserve_host: r.preserve_host,
+                    connect_timeout: r.connect_timeout,
+                    first_byte_timeout: r.first_byte_timeout,
+                    timeout: r.timeout,
+                    request_timeout: r.request_timeout,
                 }
             })
             .collect();
@@ -466,6 +687,14 @@ pub struct Route {
     pub cache: bool,
     /// Whether the client's `Host` is forwarded to the origin instead of the origin's.
     pub preserve_host: bool,
+    /// Override of the origin's connect timeout, if any.
+    pub connect_timeout: Option<Duration>,
+    /// Override of the origin's first-byte timeout, if any.
+    pub first_byte_timeout: Option<Duration>,
+    /// Override of the origin's whole-response timeout, if any.
+    pub timeout: Option<Duration>,
+    /// Override of the origin's request deadline, if any.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Route {
@@ -605,5 +834,112 @@ match = "/shop/*/reviews"
         let table = config.route_table();
         let (_, route) = table.find("/anything?x=1").unwrap();
         assert_eq!(route.ttl, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn client_limits_parse_and_foreign_host_entries_are_refused() {
+        let config = parse(
+            r#"
+[origin]
+url = "http://a:1"
+[server]
+max_request_body = "2MiB"
+idle_timeout = "90s"
+hosts = ["shop.example", "api.example:8080"]
+[[route]]
+match = "/"
+preserve_host = true
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.server.max_request_body, ByteSize::mib(2));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(90));
+        assert_eq!(config.server.hosts.len(), 2);
+        assert!(config.route_table().routes()[0].preserve_host);
+
+        let defaults = parse("[origin]\nurl = \"http://a:1\"\n").unwrap();
+        assert_eq!(defaults.server.max_request_body, DEFAULT_MAX_REQUEST_BODY);
+        assert_eq!(defaults.server.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert!(defaults.server.hosts.is_empty());
+
+        let err = parse("[origin]\nurl = \"http://a:1\"\n[server]\nhosts = [\"user@evil\"]\n")
+            .unwrap_err();
+        assert!(err.to_string().starts_with("corral.toml:4:10: "), "{err}");
+    }
+
+    #[test]
+    fn origin_protection_keys_parse_with_defaults_and_route_overrides() {
+        let config = parse(
+            r#"
+[origin]
+url = "http://a:1"
+first_byte_timeout = "2s"
+request_timeout = "20s"
+retries = 3
+retry_backoff = "10ms"
+retry_backoff_max = "500ms"
+retry_budget = 0.1
+retry_budget_window = "30s"
+max_retry_after = "2m"
+breaker_failure_rate = 0.25
+breaker_min_requests = 50
+breaker_window = "1m"
+breaker_open_for = "15s"
+max_concurrent = 64
+queue_depth = 0
+queue_timeout = "250ms"
+[[route]]
+match = "/slow/"
+first_byte_timeout = "30s"
+timeout = "1m"
+[[route]]
+match = "/"
+"#,
+        )
+        .unwrap();
+        let origin = &config.origin;
+        assert_eq!(origin.first_byte_timeout, Duration::from_secs(2));
+        assert_eq!(origin.request_timeout, Duration::from_secs(20));
+        assert_eq!(origin.retries, 3);
+        assert_eq!(origin.retry_budget, 0.1);
+        assert_eq!(origin.max_retry_after, Duration::from_secs(120));
+        assert_eq!(origin.breaker_min_requests, 50);
+        assert_eq!(origin.breaker_open_for, Duration::from_secs(15));
+        assert_eq!(origin.max_concurrent, 64);
+        assert_eq!(origin.queue_depth, 0);
+        assert_eq!(origin.queue_timeout, Duration::from_millis(250));
+        let table = config.route_table();
+        let slow = table.find("/slow/x").unwrap().1;
+        assert_eq!(slow.first_byte_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(slow.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(slow.connect_timeout, None);
+        assert_eq!(table.find("/x").unwrap().1.request_timeout, None);
+
+        let defaults = parse("[origin]\nurl = \"http://a:1\"\n").unwrap().origin;
+        assert_eq!(defaults.retries, DEFAULT_RETRIES);
+        assert_eq!(defaults.retry_budget, DEFAULT_RETRY_BUDGET);
+        assert_eq!(defaults.max_concurrent, DEFAULT_MAX_CONCURRENT);
+        assert_eq!(defaults.breaker_open_for, DEFAULT_BREAKER_OPEN_FOR);
+    }
+
+    #[test]
+    fn impossible_origin_protection_settings_are_refused() {
+        for (key, reason) in [
+            ("max_concurrent = 0", "origin.max_concurrent"),
+            ("breaker_failure_rate = 1.5", "origin.breaker_failure_rate"),
+            ("breaker_failure_rate = 0.0", "origin.breaker_failure_rate"),
+            ("breaker_min_requests = 0", "origin.breaker_min_requests"),
+            ("retry_budget = -0.1", "origin.retry_budget"),
+            ("request_timeout = \"0s\"", "origin.request_timeout"),
+        ] {
+            let err = parse(&format!("[origin]\nurl = \"http://a:1\"\n{key}\n")).unwrap_err();
+            let text = err.to_string();
+            assert!(text.starts_with("corral.toml:2:7: "), "{key}: {text}");
+            assert!(text.contains(reason), "{key}: {text}");
+        }
+        let err =
+            parse("[origin]\nurl = \"http://a:1\"\n[[route]]\nmatch = \"/a\"\ntimeout = \"0s\"\n")
+                .unwrap_err();
+        assert!(err.to_string().starts_with("corral.toml:4:9: "), "{err}");
     }
 }

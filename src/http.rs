@@ -191,6 +191,8 @@ pub enum CacheOutcome {
     Miss,
     /// This request waited on another request's fetch and got its answer.
     Coalesced,
+    /// Served from the hot cache past its freshness, without the origin.
+    Stale(StaleReason),
     /// Sent to the origin without caching or coalescing.
     Pass(PassReason),
     /// Answered with an error by corral itself.
@@ -198,14 +200,37 @@ pub enum CacheOutcome {
 }
 
 impl CacheOutcome {
-    /// Bounded metric label: hit, miss, coalesced, pass or error.
+    /// Bounded metric label: hit, miss, coalesced, stale, pass or error.
     pub fn label(self) -> &'static str {
         match self {
             CacheOutcome::Hit => "hit",
             CacheOutcome::Miss => "miss",
             CacheOutcome::Coalesced => "coalesced",
+            CacheOutcome::Stale(_) => "stale",
             CacheOutcome::Pass(_) => "pass",
             CacheOutcome::Error => "error",
+        }
+    }
+}
+
+/// Why a stale entry was served instead of an answer from the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleReason {
+    /// The origin's circuit breaker is open.
+    CircuitOpen,
+    /// The origin asked for a pause with `Retry-After` that has not expired.
+    RetryAfter,
+    /// The origin is at its concurrency limit and its queue is full or too slow.
+    Overloaded,
+}
+
+impl StaleReason {
+    /// Stable lower-case label, used as the `Cache-Status` detail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaleReason::CircuitOpen => "stale-circuit-open",
+            StaleReason::RetryAfter => "stale-retry-after",
+            StaleReason::Overloaded => "stale-overloaded",
         }
     }
 }
@@ -214,7 +239,8 @@ impl CacheOutcome {
 ///
 /// `hit` carries the remaining freshness as `ttl`; a leader's miss says `stored`
 /// when it was stored; a follower says `collapsed`; a pass says `fwd=bypass`
-/// with the reason in `detail`.
+/// with the reason in `detail`; a stale answer is a `hit` whose `detail` says
+/// why it was served stale.
 pub fn cache_status_value(
     outcome: CacheOutcome,
     fwd_status: Option<StatusCode>,
@@ -228,6 +254,10 @@ pub fn cache_status_value(
         CacheOutcome::Hit => value.push_str("; hit"),
         CacheOutcome::Miss => value.push_str("; fwd=miss"),
         CacheOutcome::Coalesced => value.push_str("; fwd=miss; collapsed"),
+        CacheOutcome::Stale(reason) => {
+            value.push_str("; hit; detail=");
+            value.push_str(reason.as_str());
+        }
         CacheOutcome::Pass(reason) => {
             value.push_str("; fwd=bypass; detail=");
             value.push_str(reason.as_str());
@@ -374,6 +404,14 @@ mod tests {
             None,
         );
         assert_eq!(pass, "corral; fwd=bypass; detail=method");
+        let stale = cache_status_value(
+            CacheOutcome::Stale(StaleReason::CircuitOpen),
+            None,
+            false,
+            None,
+            None,
+        );
+        assert_eq!(stale, "corral; hit; detail=stale-circuit-open");
     }
 
     #[test]

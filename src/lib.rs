@@ -44,7 +44,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
-use crate::server::ConnectionLimits;
+use crate::server::{ConnectionLimits, ListenerMetrics};
 
 /// Why corral could not start.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +109,7 @@ impl Corral {
         let traffic = server::serve(
             listener,
             self.limits.clone(),
-            proxy.metrics().connections_open.clone(),
+            ListenerMetrics::of(proxy.metrics()),
             move |request, client| {
                 let proxy = proxy.clone();
                 async move { proxy.handle(request, client).await }
@@ -124,7 +124,7 @@ impl Corral {
         let admin_traffic = server::serve(
             admin,
             admin_limits,
-            prometheus_client::metrics::gauge::Gauge::default(),
+            ListenerMetrics::default(),
             move |request, _client| {
                 let admin_handler = admin_handler.clone();
                 async move { admin_handler.handle(request).await }

@@ -11,14 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::http::CacheOutcome;
+use crate::origin::Refusal;
 
 /// Cache statuses in label order; indexes [`RouteMetrics::requests`].
 const CACHE_STATUSES: [&str; 6] = ["hit", "miss", "coalesced", "stale", "pass", "error"];
@@ -59,6 +60,8 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Clients cut off or refused by a client-facing limit, by limit.
     pub client_limits: ClientLimitCounters,
+    /// Origin protection: circuit state, concurrency, queue, shedding, retries.
+    origin_protection: OriginFamilies,
 }
 
 impl Default for Metrics {
@@ -150,6 +153,7 @@ impl Metrics {
                 })
             }),
         };
+        let origin_protection = OriginFamilies::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -164,6 +168,7 @@ impl Metrics {
             cache_evictions,
             connections_open,
             client_limits,
+            origin_protection,
         }
     }
 
@@ -173,9 +178,10 @@ impl Metrics {
             route: route.to_owned(),
             cache_status,
         };
-        let requests = CACHE_STATUSES.map(|status| self.requests.get_or_create_owned(&labels(status)));
-        let durations =
-            CACHE_STATUSES.map(|status| self.request_durations.get_or_create_owned(&labels(status)));
+        let requests =
+            CACHE_STATUSES.map(|status| self.requests.get_or_create_owned(&labels(status)));
+        let durations = CACHE_STATUSES
+            .map(|status| self.request_durations.get_or_create_owned(&labels(status)));
         RouteMetrics {
             route: route.to_owned(),
             requests,
@@ -240,6 +246,7 @@ fn status_index(outcome: CacheOutcome) -> usize {
         CacheOutcome::Hit => 0,
         CacheOutcome::Miss => 1,
         CacheOutcome::Coalesced => 2,
+        CacheOutcome::Stale(_) => 3,
         CacheOutcome::Pass(_) => 4,
         CacheOutcome::Error => 5,
     }
@@ -379,6 +386,141 @@ impl ClientLimitCounters {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabel {
+    origin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    origin: String,
+    reason: &'static str,
+}
+
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+fn queue_wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The per-origin protection families, labelled by the origin's authority.
+struct OriginFamilies {
+    circuit_state: Family<OriginLabel, Gauge>,
+    in_flight: Family<OriginLabel, Gauge>,
+    queue_depth: Family<OriginLabel, Gauge>,
+    queue_wait: HistogramFamily<OriginLabel>,
+    shed: Family<ShedLabels, Counter>,
+    retries: Family<OriginLabel, Counter>,
+    retry_budget_exhausted: Family<OriginLabel, Counter>,
+}
+
+impl OriginFamilies {
+    fn register(registry: &mut Registry) -> OriginFamilies {
+        let families = OriginFamilies {
+            circuit_state: Family::default(),
+            in_flight: Family::default(),
+            queue_depth: Family::default(),
+            queue_wait: Family::new_with_constructor(queue_wait_histogram),
+            shed: Family::default(),
+            retries: Family::default(),
+            retry_budget_exhausted: Family::default(),
+        };
+        registry.register(
+            "circuit_state",
+            "Circuit breaker state per origin: 0 closed, 1 open, 2 half-open",
+            families.circuit_state.clone(),
+        );
+        registry.register(
+            "origin_in_flight",
+            "Requests to the origin holding a concurrency slot",
+            families.in_flight.clone(),
+        );
+        registry.register(
+            "origin_queue_depth",
+            "Requests waiting for an origin concurrency slot",
+            families.queue_depth.clone(),
+        );
+        registry.register(
+            "origin_queue_wait_seconds",
+            "Time requests waited for an origin concurrency slot, granted or not",
+            families.queue_wait.clone(),
+        );
+        registry.register(
+            "shed",
+            "Requests answered without contacting the origin to protect it, by reason \
+             (queue_full, queue_timeout, circuit_open, retry_after)",
+            families.shed.clone(),
+        );
+        registry.register(
+            "origin_retries",
+            "Origin requests sent again after a retryable failure",
+            families.retries.clone(),
+        );
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries not sent because the retry budget was spent",
+            families.retry_budget_exhausted.clone(),
+        );
+        families
+    }
+}
+
+impl Metrics {
+    /// Resolves the protection handles for one origin (labelled by its
+    /// authority) once, up front.
+    pub fn origin(&self, origin: &str) -> OriginMetrics {
+        let families = &self.origin_protection;
+        let label = OriginLabel {
+            origin: origin.to_owned(),
+        };
+        OriginMetrics {
+            circuit_state: families.circuit_state.get_or_create_owned(&label),
+            in_flight: families.in_flight.get_or_create_owned(&label),
+            queue_depth: families.queue_depth.get_or_create_owned(&label),
+            queue_wait: families.queue_wait.get_or_create_owned(&label),
+            shed: Refusal::ALL.map(|reason| {
+                families.shed.get_or_create_owned(&ShedLabels {
+                    origin: origin.to_owned(),
+                    reason: reason.as_str(),
+                })
+            }),
+            retries: families.retries.get_or_create_owned(&label),
+            retry_budget_exhausted: families.retry_budget_exhausted.get_or_create_owned(&label),
+        }
+    }
+}
+
+/// Pre-resolved handles for one origin's protections. Clones share counts.
+#[derive(Clone, Debug)]
+pub struct OriginMetrics {
+    /// `corral_circuit_state`: 0 closed, 1 open, 2 half-open; set by the breaker.
+    pub circuit_state: Gauge,
+    /// `corral_origin_in_flight`: requests holding a concurrency slot.
+    pub in_flight: Gauge,
+    /// `corral_origin_queue_depth`: requests waiting for a slot.
+    pub queue_depth: Gauge,
+    /// `corral_origin_queue_wait_seconds`: how long queued requests waited.
+    pub queue_wait: Histogram,
+    /// `corral_shed_total`, one per [`Refusal`] in [`Refusal::ALL`] order.
+    shed: [Counter; Refusal::ALL.len()],
+    /// `corral_origin_retries_total`: attempts after the first.
+    pub retries: Counter,
+    /// `corral_retry_budget_exhausted_total`: retries the budget did not allow.
+    pub retry_budget_exhausted: Counter,
+}
+
+impl OriginMetrics {
+    /// Counts one request answered without the origin, and why.
+    pub fn shed(&self, reason: Refusal) {
+        self.shed[reason as usize].inc();
+    }
+
+    /// Requests answered without the origin for `reason` so far.
+    pub fn shed_count(&self, reason: Refusal) -> u64 {
+        self.shed[reason as usize].get()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,7 +535,10 @@ mod tests {
         let counts = &histogram.inner;
         assert_eq!(counts.buckets[0].load(Ordering::Relaxed), 1);
         assert_eq!(counts.buckets[4].load(Ordering::Relaxed), 1);
-        assert_eq!(counts.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            counts.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]
@@ -402,7 +547,10 @@ mod tests {
         let route = metrics.route("products");
         route.record(CacheOutcome::Hit, Duration::from_millis(1));
         let text = metrics.encode().unwrap();
-        assert!(text.contains(r#"corral_requests_total{route="products",cache_status="hit"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"corral_requests_total{route="products",cache_status="hit"} 1"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"corral_request_duration_seconds_bucket{le="0.001",route="products",cache_status="hit"} 1"#),
             "{text}"

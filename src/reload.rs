@@ -60,7 +60,10 @@ impl Reloader {
         let next = Config::load(path)?;
         // A poisoned lock only means an earlier reload panicked mid-way; the
         // config inside is still a whole, valid one.
-        let mut current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let ignored = restart_only_changes(&current, &next);
         self.proxy.reload(&next);
         let report = ReloadReport {

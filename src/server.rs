@@ -1,41 +1,77 @@
-//! Client-facing listeners: accept loop, per-connection tasks, connection cap,
-//! header limits and bounded graceful shutdown. Knows nothing about caching: it
-//! hands each request to a service.
+//! Client-facing listeners: the accept loop, one task per connection, the
+//! connection cap, the header, idle and head-size limits, and bounded graceful
+//! shutdown. Knows nothing about caching: it hands each request to a handler.
+//!
+//! # Timeouts kept here rather than in hyper
+//!
+//! hyper's HTTP/1 `header_read_timeout` also runs while a keep-alive connection
+//! waits for its next request (hyper PR #3828), so one setting cannot be both a
+//! short bound on a slow request head and a longer idle timeout; hyper has no
+//! idle timeout of its own (hyper issue #1628). So hyper's is switched off and
+//! each connection task watches its own connection, as Envoy does:
+//!
+//! - **header timeout** (`header_read_timeout`): from accept for the first
+//!   request, from the first byte of the next head for later ones, until the
+//!   head is parsed. A slowloris client is dropped when it runs out, however
+//!   steadily it trickles bytes.
+//! - **idle timeout** (`idle_timeout`): from the end of the last response until
+//!   the first byte of the next request (HTTP/2: until the next stream; pings do
+//!   not count). The connection is then shut down gracefully (a plain close in
+//!   HTTP/1, GOAWAY in HTTP/2) and dropped if that takes longer than the header
+//!   timeout.
+//!
+//! Neither runs while a request is in progress (from its parsed head until its
+//! response body has been handed to hyper).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::config::ServerConfig;
+use crate::metrics::{ClientLimit, ClientLimitCounters, Metrics};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does
 /// not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
+/// hyper refuses an HTTP/1 read buffer smaller than this.
+const MIN_HYPER_BUF_SIZE: usize = 8192;
+
 /// Limits applied to every client connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
-    /// Longest time to receive a complete request head.
+    /// Longest time to receive a complete request head: from accept for the
+    /// first request, from its first byte for later ones.
     pub header_read_timeout: Duration,
-    /// Largest request head, in bytes.
+    /// Largest request head, in bytes. hyper refuses HTTP/1 heads that overflow
+    /// its read buffer (at least 8 KiB) with 431; the proxy's admission check
+    /// refuses smaller ones over this limit, and HTTP/2 ones, the same way.
     pub max_header_size: usize,
     /// Most connections served at once; more wait in the accept queue.
     pub max_connections: usize,
     /// Longest wait for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
+    /// Longest a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
 }
 
 impl ConnectionLimits {
@@ -46,51 +82,81 @@ impl ConnectionLimits {
             max_header_size: usize::try_from(server.max_header_size.as_u64()).unwrap_or(usize::MAX),
             max_connections: server.max_connections.max(1),
             shutdown_timeout: server.shutdown_timeout,
+            idle_timeout: server.idle_timeout,
+        }
+    }
+}
+
+/// The metric handles a listener updates. The default is registered nowhere.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerMetrics {
+    /// Connections being served now (not those waiting for a slot).
+    pub connections_open: Gauge,
+    /// Clients cut off by a limit enforced here: `header_timeout`,
+    /// `header_size` (hyper's 431), `connections`, `idle`.
+    pub limits: ClientLimitCounters,
+}
+
+impl ListenerMetrics {
+    /// The handles in `metrics`, for the proxied-traffic listener.
+    pub fn of(metrics: &Metrics) -> ListenerMetrics {
+        ListenerMetrics {
+            connections_open: metrics.connections_open.clone(),
+            limits: metrics.client_limits.clone(),
         }
     }
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener` until `shutdown`
-/// resolves, then stops accepting and gives open connections
-/// `limits.shutdown_timeout` to finish their in-flight requests.
+/// resolves, then stops accepting, asks open connections to close once their
+/// in-flight requests are done, and drops any still open after
+/// `limits.shutdown_timeout`.
+///
+/// At most `limits.max_connections` connections are served at once. When all
+/// slots are taken, the next accepted connection waits (counted as
+/// `connections`) without being read until a slot frees, and the loop accepts
+/// nothing more meanwhile, so later ones wait in the kernel's accept queue.
 ///
 /// `handler` is called once per request with the client's address.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     limits: ConnectionLimits,
-    connections_open: Gauge,
+    metrics: ListenerMetrics,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_size.max(8192))
+        // Kept per connection instead (see the module docs).
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_size.max(MIN_HYPER_BUF_SIZE))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let shared = Arc::new(Listener {
+        builder,
+        handler,
+        limits,
+        counters: metrics.limits.clone(),
+    });
+    let limits = &shared.limits;
+    let (stop, stopped) = watch::channel(false);
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
 
-    loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-            () = &mut shutdown => break,
-        };
+    'accept: loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -100,35 +166,421 @@ pub async fn serve<H, F, B>(
                     continue;
                 }
             },
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                report_task_end(ended);
+                continue;
+            }
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let response = handler(request, client);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let builder = Arc::clone(&builder);
-        let open = connections_open.clone();
-        let watched = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
-        );
-        tokio::spawn(async move {
-            open.inc();
-            if let Err(error) = watched.await {
-                tracing::debug!(%client, error = %error, "connection ended with an error");
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => {
+                metrics.limits.count(ClientLimit::Connections);
+                tracing::debug!(%client, max = limits.max_connections, "connection limit reached; waiting for a free slot");
+                tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_closed) => break 'accept,
+                    },
+                    () = &mut shutdown => break 'accept,
+                }
             }
-            open.dec();
-            drop(permit);
-        });
+        };
+        let _ = stream.set_nodelay(true);
+        let open = OpenConnection::new(metrics.connections_open.clone(), permit);
+        connections.spawn(serve_connection(
+            Arc::clone(&shared),
+            stream,
+            client,
+            stopped.clone(),
+            open,
+        ));
     }
     drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::debug!("all connections drained"),
-        () = tokio::time::sleep(limits.shutdown_timeout) => {
-            tracing::warn!(timeout = ?limits.shutdown_timeout, "shutdown grace period ended with connections still open");
+    let _ = stop.send(true);
+    let drain = async {
+        while let Some(ended) = connections.join_next().await {
+            report_task_end(ended);
         }
+    };
+    if tokio::time::timeout(limits.shutdown_timeout, drain)
+        .await
+        .is_ok()
+    {
+        tracing::debug!("all connections drained");
+    } else {
+        tracing::warn!(timeout = ?limits.shutdown_timeout, open = connections.len(), "shutdown grace period ended; dropping the connections still open");
+        connections.shutdown().await;
+    }
+}
+
+/// Logs a connection task that panicked (a finished one needs nothing).
+fn report_task_end(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = ended
+        && error.is_panic()
+    {
+        tracing::error!(%error, "connection task panicked");
+    }
+}
+
+/// Holds a connection slot and the open-connections gauge for as long as the
+/// connection task lives, however it ends (including abort at shutdown).
+struct OpenConnection {
+    gauge: Gauge,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn new(gauge: Gauge, slot: OwnedSemaphorePermit) -> OpenConnection {
+        gauge.inc();
+        OpenConnection { gauge, _slot: slot }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// What every connection task of one listener shares.
+struct Listener<H> {
+    builder: auto::Builder<TokioExecutor>,
+    handler: H,
+    limits: ConnectionLimits,
+    counters: ClientLimitCounters,
+}
+
+/// Serves one connection until it ends, the server stops, or a timeout cuts
+/// it off.
+async fn serve_connection<H, F, B>(
+    listener: Arc<Listener<H>>,
+    stream: TcpStream,
+    client: SocketAddr,
+    mut stopped: watch::Receiver<bool>,
+    _open: OpenConnection,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(WatchedStream {
+        stream,
+        activity: Arc::clone(&activity),
+    });
+    let service = {
+        let activity = Arc::clone(&activity);
+        let listener = Arc::clone(&listener);
+        service_fn(move |request: Request<Incoming>| {
+            let in_progress = RequestInProgress::start(Arc::clone(&activity), request.version());
+            let response = (listener.handler)(request, client);
+            async move {
+                let response = response.await;
+                Ok::<_, Infallible>(response.map(|body| WatchedBody {
+                    body,
+                    _in_progress: in_progress,
+                }))
+            }
+        })
+    };
+    let Listener {
+        builder,
+        limits,
+        counters,
+        ..
+    } = &*listener;
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    let mut drop_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    report_connection_error(&*error, client, counters);
+                }
+                return;
+            }
+            _ = stopped.wait_for(|stop| *stop), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            expired = activity.expired(limits), if drop_at.is_none() => match expired {
+                Expired::HeaderTimeout => {
+                    counters.count(ClientLimit::HeaderTimeout);
+                    tracing::debug!(%client, timeout = ?limits.header_read_timeout, "request head not received in time; dropping the connection");
+                    return;
+                }
+                Expired::Idle => {
+                    counters.count(ClientLimit::Idle);
+                    tracing::debug!(%client, timeout = ?limits.idle_timeout, "closing idle connection");
+                    if !closing {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    drop_at = Some(Instant::now() + limits.header_read_timeout);
+                }
+            },
+            () = sleep_until_some(drop_at) => {
+                tracing::debug!(%client, "idle connection did not close in time; dropping it");
+                return;
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts hyper's refusal of an oversized head (it has already answered 431);
+/// logs anything else at debug, since clients end connections in many ways.
+fn report_connection_error(
+    error: &(dyn std::error::Error + 'static),
+    client: SocketAddr,
+    counters: &ClientLimitCounters,
+) {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(hyper_error) = current.downcast_ref::<hyper::Error>()
+            && hyper_error.is_parse_too_large()
+        {
+            counters.count(ClientLimit::HeaderSize);
+            tracing::debug!(%client, "request head too large; answered 431");
+            return;
+        }
+        cause = current.source();
+    }
+    tracing::debug!(%client, %error, "connection ended with an error");
+}
+
+/// Which timeout ran out on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    /// A request head took longer than `header_read_timeout`.
+    HeaderTimeout,
+    /// No request came within `idle_timeout` of the last response.
+    Idle,
+}
+
+/// What one connection is doing, as far as its timeouts care. Written by the
+/// stream wrapper (bytes read), the service (request started) and the response
+/// body wrapper (response done); read by the connection task's watchdog.
+#[derive(Debug)]
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// Woken on every change that can move the deadline.
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct ActivityState {
+    /// Requests whose response has not been handed to hyper in full yet.
+    in_progress: usize,
+    /// No request has started yet: the first head is timed from accept.
+    fresh: bool,
+    /// Reads are frames of any stream or pings, never the start of a head.
+    http2: bool,
+    /// When the connection last had nothing to do: accepted, or its last
+    /// response done.
+    quiet_since: Instant,
+    /// When the first byte of the next HTTP/1 head arrived, if it has.
+    head_started: Option<Instant>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            state: Mutex::new(ActivityState {
+                in_progress: 0,
+                fresh: true,
+                http2: false,
+                quiet_since: Instant::now(),
+                head_started: None,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ActivityState> {
+        // The state stays consistent even if a holder panicked: every update
+        // is a single assignment.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes arrived from the client.
+    fn bytes_read(&self) {
+        let mut state = self.lock();
+        if state.in_progress == 0 && !state.fresh && !state.http2 && state.head_started.is_none() {
+            state.head_started = Some(Instant::now());
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    /// hyper parsed a request head and called the service.
+    fn request_started(&self, version: Version) {
+        let mut state = self.lock();
+        state.in_progress += 1;
+        state.fresh = false;
+        state.http2 |= version == Version::HTTP_2;
+        state.head_started = None;
+        // No wake-up: a running timeout only ever goes away here, and the
+        // watchdog finds that out when it next looks.
+    }
+
+    /// hyper is done with a response body (sent, or the request abandoned).
+    fn request_done(&self) {
+        let mut state = self.lock();
+        state.in_progress = state.in_progress.saturating_sub(1);
+        if state.in_progress == 0 {
+            state.quiet_since = Instant::now();
+            state.head_started = None;
+        }
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// When the connection's current timeout runs out, if one is running.
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Expired)> {
+        let state = self.lock();
+        if state.in_progress > 0 {
+            None
+        } else if state.http2 {
+            Some((state.quiet_since + limits.idle_timeout, Expired::Idle))
+        } else if state.fresh {
+            Some((
+                state.quiet_since + limits.header_read_timeout,
+                Expired::HeaderTimeout,
+            ))
+        } else if let Some(started) = state.head_started {
+            Some((started + limits.header_read_timeout, Expired::HeaderTimeout))
+        } else {
+            Some((state.quiet_since + limits.idle_timeout, Expired::Idle))
+        }
+    }
+
+    /// Resolves when a timeout has run out. Cancel safe: it keeps no state of
+    /// its own, so dropping it and calling again loses nothing.
+    async fn expired(&self, limits: &ConnectionLimits) -> Expired {
+        loop {
+            let changed = self.changed.notified();
+            let Some((at, _)) = self.deadline(limits) else {
+                changed.await;
+                continue;
+            };
+            tokio::select! {
+                () = changed => continue,
+                () = tokio::time::sleep_until(at) => {}
+            }
+            if let Some((at, expired)) = self.deadline(limits)
+                && at <= Instant::now()
+            {
+                return expired;
+            }
+        }
+    }
+}
+
+/// Marks one request in progress from its parsed head until hyper drops its
+/// response body.
+struct RequestInProgress(Arc<Activity>);
+
+impl RequestInProgress {
+    fn start(activity: Arc<Activity>, version: Version) -> RequestInProgress {
+        activity.request_started(version);
+        RequestInProgress(activity)
+    }
+}
+
+impl Drop for RequestInProgress {
+    fn drop(&mut self) {
+        self.0.request_done();
+    }
+}
+
+/// A response body that keeps its request marked in progress while hyper
+/// still holds it.
+struct WatchedBody<B> {
+    body: B,
+    _in_progress: RequestInProgress,
+}
+
+impl<B: Body + Unpin> Body for WatchedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The client's socket, reporting reads to the connection's [`Activity`].
+struct WatchedStream {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for WatchedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.bytes_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }

@@ -123,7 +123,10 @@ impl HotCache {
     /// A cache that evicts (TinyLFU, by moka) once the weight of its entries
     /// passes `max_bytes`, calling `on_evicted_for_space` for each entry it
     /// pushes out to make room (not for expiries, replacements or purges).
-    pub fn new(max_bytes: u64, on_evicted_for_space: impl Fn() + Send + Sync + 'static) -> HotCache {
+    pub fn new(
+        max_bytes: u64,
+        on_evicted_for_space: impl Fn() + Send + Sync + 'static,
+    ) -> HotCache {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, value: &Arc<CachedResponse>| value.weight(key))
@@ -158,7 +161,8 @@ impl HotCache {
             .map(|(key, _)| key)
             .filter(|key| {
                 let path = key.find('/').map_or("", |at| &key[at..]);
-                exact.iter().any(|e| e == path) || prefixes.iter().any(|p| path.starts_with(p.as_str()))
+                exact.iter().any(|e| e == path)
+                    || prefixes.iter().any(|p| path.starts_with(p.as_str()))
             })
             .collect();
         for key in &doomed {
@@ -275,7 +279,12 @@ mod tests {
     #[test]
     fn purge_matches_paths_exactly_or_by_prefix_across_hosts() {
         let cache = HotCache::new(1 << 20, || {});
-        for key in ["a.example/p/1", "b.example/p/1", "a.example/p/2", "a.example/q/1"] {
+        for key in [
+            "a.example/p/1",
+            "b.example/p/1",
+            "a.example/p/2",
+            "a.example/q/1",
+        ] {
             cache.insert(key.to_owned(), entry(b"x", Duration::from_secs(60)));
         }
         assert_eq!(cache.purge(&["/p/1".to_owned()], &[]), 2);

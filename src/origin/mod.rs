@@ -1,160 +1,881 @@
-//! The outbound side: one pooled HTTP client per origin, with connect and
-//! response timeouts. Returns typed [`OriginError`]s so the proxy can tell a
-//! timeout (504) from a refused or broken connection (502).
+//! The outbound side: one pooled HTTP client per origin, and everything that
+//! protects the origin from corral and corral from the origin.
+//!
+//! Every request to the origin goes through [`OriginClient::fetch`] (cache
+//! fills) or [`OriginClient::forward`] (passes), which apply, in order:
+//!
+//! 1. the **`Retry-After` gate** ([`RetryAfterGate`]): after a 429 or 503 with
+//!    `Retry-After`, nothing is sent to the origin until it expires;
+//! 2. the **circuit breaker** ([`Breaker`]): while it is open nothing is sent;
+//!    half-open, exactly one probe is;
+//! 3. the **concurrency limit** ([`ConcurrencyLimit`]): at most
+//!    `max_concurrent` requests in flight, then a bounded queue, then shedding;
+//! 4. **timeouts** ([`Timeouts`]): connect, first byte, whole response, and the
+//!    request's overall deadline;
+//! 5. **retries** for GET and HEAD only, on connect errors, resets, 502, 503
+//!    and 504, with exponential backoff and full jitter ([`Backoff`]), within
+//!    the deadline and the [`RetryBudget`].
+//!
+//! Refusals (gate, breaker, limit) are [`OriginError::Refused`] and carry how
+//! long the client should wait; the proxy answers them with a stale entry when
+//! it has one, else 503 with `Retry-After`.
 //!
 //! This module never touches the cache or the flight map.
 
-use std::time::Duration;
+mod breaker;
+mod limit;
+mod retry;
+mod window;
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::Method;
-use http::header::HeaderMap;
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
 
-use crate::config::OriginConfig;
+pub use breaker::{
+    Admit, Breaker, BreakerPolicy, BreakerTicket, CircuitBreaker, CircuitState, Transition,
+};
+pub use limit::{ConcurrencyLimit, LimitGauges, LimitPermit, Shed};
+pub use retry::{Backoff, RetryAfterGate, RetryBudget, parse_retry_after};
+
+use crate::config::{OriginConfig, Route};
+use crate::metrics::{Metrics, OriginMetrics};
+
+/// `Retry-After` given to a request shed by the concurrency limit.
+const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Which time limit an origin request ran out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeLimit {
+    /// No connection within `connect_timeout`.
+    Connect,
+    /// No response head within `first_byte_timeout`.
+    FirstByte,
+    /// The whole response (a fill) took longer than `timeout`, or a streamed
+    /// one fell silent for that long.
+    Response,
+    /// The request's overall `request_timeout` ran out (queueing, retries and
+    /// backoff included).
+    Deadline,
+}
+
+impl TimeLimit {
+    /// Stable label for metrics and `Cache-Status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeLimit::Connect => "connect_timeout",
+            TimeLimit::FirstByte => "first_byte_timeout",
+            TimeLimit::Response => "timeout",
+            TimeLimit::Deadline => "deadline",
+        }
+    }
+}
+
+impl std::fmt::Display for TimeLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why corral did not send a request to the origin at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The circuit breaker is open (or half-open with its probe out).
+    CircuitOpen,
+    /// The origin asked for a pause with `Retry-After` that has not expired.
+    RetryAfter,
+    /// Every concurrency slot was busy and the queue was full.
+    QueueFull,
+    /// The request waited in the queue too long.
+    QueueTimeout,
+}
+
+impl Refusal {
+    /// Every refusal, in label order.
+    pub const ALL: [Refusal; 4] = [
+        Refusal::CircuitOpen,
+        Refusal::RetryAfter,
+        Refusal::QueueFull,
+        Refusal::QueueTimeout,
+    ];
+
+    /// Stable label for metrics and `Cache-Status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::CircuitOpen => "circuit_open",
+            Refusal::RetryAfter => "retry_after",
+            Refusal::QueueFull => "queue_full",
+            Refusal::QueueTimeout => "queue_timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Shed> for Refusal {
+    fn from(shed: Shed) -> Refusal {
+        match shed {
+            Shed::QueueFull => Refusal::QueueFull,
+            Shed::QueueTimeout => Refusal::QueueTimeout,
+        }
+    }
+}
 
 /// Why the origin gave no usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
-    /// No connection could be made (refused, unreachable, connect timeout).
+    /// No connection could be made (refused, unreachable).
     #[error("cannot connect to origin: {0}")]
     Connect(#[source] reqwest::Error),
-    /// The origin did not answer, or finish its body, within the allowed time.
-    #[error("origin timed out after {0:?}")]
-    TimedOut(Duration),
+    /// A time limit ran out.
+    #[error("origin timed out ({limit} of {after:?})")]
+    TimedOut {
+        /// The limit that ran out.
+        limit: TimeLimit,
+        /// Its length.
+        after: Duration,
+    },
     /// The connection broke before a complete response head arrived.
     #[error("origin request failed: {0}")]
     Request(#[source] reqwest::Error),
     /// The response head arrived but its body broke off midway.
     #[error("origin body broke off: {0}")]
     Body(#[source] reqwest::Error),
+    /// The request was not sent: the origin is being protected.
+    #[error("origin not contacted ({reason}); retry after {retry_after:?}")]
+    Refused {
+        /// Which protection refused it.
+        reason: Refusal,
+        /// How long until a request may succeed.
+        retry_after: Duration,
+    },
 }
 
 impl OriginError {
     /// Whether the failure was the origin being too slow (maps to 504).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, OriginError::TimedOut(_))
+        matches!(self, OriginError::TimedOut { .. })
+    }
+
+    /// Whether the request was never sent because the origin is protected
+    /// (maps to 503 with `Retry-After`, or to a stale entry).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, OriginError::Refused { .. })
+    }
+
+    /// How long a client should wait before trying again, for refusals.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            OriginError::Refused { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     /// Bounded metric label for the failure's kind.
     pub fn label(&self) -> &'static str {
         match self {
             OriginError::Connect(_) => "connect_error",
-            OriginError::TimedOut(_) => "timeout",
+            OriginError::TimedOut { limit, .. } => limit.as_str(),
             OriginError::Request(_) => "request_error",
             OriginError::Body(_) => "body_error",
+            OriginError::Refused { reason, .. } => reason.as_str(),
         }
     }
 }
 
-/// A pooled, keep-alive client bound to one origin base URL.
+/// The time limits one request to the origin runs under: the origin's, with
+/// the route's overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a TCP connection.
+    pub connect: Duration,
+    /// From sending the request to the response head.
+    pub first_byte: Duration,
+    /// A cache fill's whole response, body included; for a streamed (passed)
+    /// response, the longest silence between body chunks.
+    pub response: Duration,
+    /// Everything corral does for the request at the origin: queueing, every
+    /// attempt and every backoff. Counted from the first call to the origin
+    /// for this request; a passed response's streamed body is not bounded.
+    pub request: Duration,
+}
+
+impl Timeouts {
+    /// The origin's own limits.
+    pub fn from_config(config: &OriginConfig) -> Timeouts {
+        Timeouts {
+            connect: config.connect_timeout,
+            first_byte: config.first_byte_timeout,
+            response: config.timeout,
+            request: config.request_timeout,
+        }
+    }
+
+    /// These limits with `route`'s overrides applied.
+    pub fn with_route(self, route: &Route) -> Timeouts {
+        Timeouts {
+            connect: route.connect_timeout.unwrap_or(self.connect),
+            first_byte: route.first_byte_timeout.unwrap_or(self.first_byte),
+            response: route.timeout.unwrap_or(self.response),
+            request: route.request_timeout.unwrap_or(self.request),
+        }
+    }
+}
+
+/// A response head from the origin. Holds the request's concurrency slot
+/// until its body has been read to the end or the response is dropped
+/// (converted with `From` into an `http::Response`, the body keeps holding it).
+#[derive(Debug)]
+pub struct OriginResponse {
+    response: reqwest::Response,
+    /// `None` only for an earlier attempt's answer returned after a retry was
+    /// refused: its slot was given back before the backoff.
+    permit: Option<LimitPermit>,
+    /// What a timeout while reading the body is reported as.
+    body_limit: (TimeLimit, Duration),
+}
+
+impl OriginResponse {
+    /// The response status.
+    pub fn status(&self) -> StatusCode {
+        self.response.status()
+    }
+
+    /// The response headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.response.headers()
+    }
+
+    /// The response headers, to edit before relaying or storing.
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        self.response.headers_mut()
+    }
+
+    /// The body length the origin declared, if any.
+    pub fn content_length(&self) -> Option<u64> {
+        self.response.content_length()
+    }
+
+    /// Reads the next chunk of the body; `None` at a clean end.
+    ///
+    /// # Errors
+    /// [`OriginError::TimedOut`] past the response's time limit,
+    /// [`OriginError::Body`] when the body breaks off (a truncated body is
+    /// never reported as complete).
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, OriginError> {
+        let body_limit = self.body_limit;
+        self.response.chunk().await.map_err(|error| {
+            if error.is_timeout() {
+                OriginError::TimedOut {
+                    limit: body_limit.0,
+                    after: body_limit.1,
+                }
+            } else {
+                OriginError::Body(error)
+            }
+        })
+    }
+}
+
+impl From<OriginResponse> for http::Response<reqwest::Body> {
+    fn from(origin: OriginResponse) -> http::Response<reqwest::Body> {
+        let response: http::Response<reqwest::Body> = origin.response.into();
+        match origin.permit {
+            None => response,
+            Some(permit) => response.map(|body| {
+                reqwest::Body::wrap(HeldBody {
+                    inner: body,
+                    _permit: permit,
+                })
+            }),
+        }
+    }
+}
+
+/// A streamed origin body that keeps its request's concurrency slot until
+/// the body is finished or dropped.
+struct HeldBody {
+    inner: reqwest::Body,
+    _permit: LimitPermit,
+}
+
+impl Body for HeldBody {
+    type Data = Bytes;
+    type Error = reqwest::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, reqwest::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A pooled, keep-alive client bound to one origin base URL, with its
+/// protections. Cheap to clone; clones share the pool, the breaker, the
+/// budget, the gate and the concurrency limit.
 ///
 /// Redirects are returned to the caller, never followed; no proxy environment
 /// variables are honoured; no default headers are added, so what the client
 /// sent (minus hop-by-hop headers) is what the origin sees.
 #[derive(Clone, Debug)]
 pub struct OriginClient {
-    client: reqwest::Client,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     base: String,
-    timeout: Duration,
+    /// The origin's authority: its label in metrics and logs.
+    label: String,
+    defaults: Timeouts,
+    pool_idle_timeout: Duration,
+    pool_max_idle: usize,
+    /// The client for the origin's own connect and read timeouts.
+    client: reqwest::Client,
+    /// Clients for routes that override them, built on first use, keyed by
+    /// `(connect, response)`. Few: one per distinct override in the config.
+    route_clients: Mutex<Vec<((Duration, Duration), reqwest::Client)>>,
+    retries: u32,
+    backoff: Backoff,
+    budget: Mutex<RetryBudget>,
+    max_retry_after: Duration,
+    gate: RetryAfterGate,
+    breaker: Arc<Breaker>,
+    limit: ConcurrencyLimit,
+    metrics: OriginMetrics,
+}
+
+/// One request to send, perhaps several times.
+struct Exchange {
+    method: Method,
+    url: String,
+    headers: HeaderMap,
+    /// The body for a request that cannot be retried; taken by its one attempt.
+    body: Option<reqwest::Body>,
+    /// The whole body of a request that may be retried (GET or HEAD with a
+    /// body known up front, usually empty). Each attempt resends it.
+    replay: Option<Bytes>,
+    /// Whether the whole response, body included, must arrive within the
+    /// response limit (fills), rather than only each chunk (passes).
+    whole_response: bool,
+}
+
+impl Exchange {
+    fn new(
+        method: Method,
+        url: String,
+        headers: HeaderMap,
+        body: reqwest::Body,
+        whole_response: bool,
+    ) -> Exchange {
+        let idempotent = method == Method::GET || method == Method::HEAD;
+        let replay = idempotent
+            .then(|| body.as_bytes().map(Bytes::copy_from_slice))
+            .flatten();
+        let body = replay.is_none().then_some(body);
+        Exchange {
+            method,
+            url,
+            headers,
+            body,
+            replay,
+            whole_response,
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        self.replay.is_some()
+    }
+}
+
+/// What the gate, the breaker and the limit granted one attempt.
+struct Admitted {
+    ticket: BreakerTicket,
+    permit: LimitPermit,
+}
+
+/// What one attempt's answer means for the breaker and for retrying.
+struct Verdict {
+    /// `Some(true)` healthy, `Some(false)` failing, `None` says nothing about
+    /// the origin (the request's own deadline ran out).
+    healthy: Option<bool>,
+    /// A GET or HEAD may be sent again after this answer.
+    retryable: bool,
+    /// The origin asked for a pause (`Retry-After` on a 429 or 503).
+    pause: Option<Duration>,
 }
 
 impl OriginClient {
-    /// Builds the client from `[origin]`.
+    /// Builds the client and its protections from `[origin]`, registering
+    /// their metrics in `metrics`.
     ///
     /// # Errors
     /// The TLS/resolver backend could not be initialised.
-    pub fn new(config: &OriginConfig) -> Result<OriginClient, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.timeout)
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .default_headers(HeaderMap::new())
-            .build()?;
+    pub fn new(config: &OriginConfig, metrics: &Metrics) -> Result<OriginClient, reqwest::Error> {
+        let defaults = Timeouts::from_config(config);
+        let client = build_client(
+            defaults.connect,
+            defaults.response,
+            config.pool_idle_timeout,
+            config.pool_max_idle,
+        )?;
+        let base = config.url.get_ref().trim_end_matches('/').to_owned();
+        let label = base
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()))
+            .unwrap_or_else(|| base.clone());
+        let metrics = metrics.origin(&label);
+        let now = Instant::now();
+        let breaker = Breaker::new(
+            label.clone(),
+            BreakerPolicy {
+                failure_rate: config.breaker_failure_rate,
+                min_requests: config.breaker_min_requests,
+                window: config.breaker_window,
+                open_for: config.breaker_open_for,
+            },
+            metrics.circuit_state.clone(),
+        );
+        let limit = ConcurrencyLimit::new(
+            config.max_concurrent,
+            config.queue_depth,
+            config.queue_timeout,
+            LimitGauges {
+                in_flight: metrics.in_flight.clone(),
+                queued: metrics.queue_depth.clone(),
+                queue_wait: metrics.queue_wait.clone(),
+            },
+        );
         Ok(OriginClient {
-            client,
-            base: config.url.get_ref().trim_end_matches('/').to_owned(),
-            timeout: config.timeout,
+            shared: Arc::new(Shared {
+                base,
+                label,
+                defaults,
+                pool_idle_timeout: config.pool_idle_timeout,
+                pool_max_idle: config.pool_max_idle,
+                client,
+                route_clients: Mutex::new(Vec::new()),
+                retries: config.retries,
+                backoff: Backoff::new(config.retry_backoff, config.retry_backoff_max),
+                budget: Mutex::new(RetryBudget::new(
+                    config.retry_budget,
+                    config.retry_budget_window,
+                    now,
+                )),
+                max_retry_after: config.max_retry_after,
+                gate: RetryAfterGate::new(),
+                breaker: Arc::new(breaker),
+                limit,
+                metrics,
+            }),
         })
     }
 
-    /// The `Host` the origin expects (the authority of its URL).
+    /// The origin's base URL, `http://host:port`.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.shared.base
     }
 
-    /// Sends a cache-fill GET. The whole exchange, body included, must finish
-    /// within the origin timeout; read the body with [`read_chunk`].
+    /// The circuit breaker's state now.
+    pub fn circuit_state(&self) -> CircuitState {
+        self.shared.breaker.state()
+    }
+
+    /// Requests holding a concurrency slot now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.limit.in_flight()
+    }
+
+    /// Requests waiting for a concurrency slot now.
+    pub fn queued(&self) -> usize {
+        self.shared.limit.queued()
+    }
+
+    /// The time limits for a request on `route` (the origin's without one).
+    pub fn timeouts(&self, route: Option<&Route>) -> Timeouts {
+        match route {
+            Some(route) => self.shared.defaults.with_route(route),
+            None => self.shared.defaults,
+        }
+    }
+
+    /// Sends a cache-fill GET, retrying as configured. The whole exchange,
+    /// body included, must finish within the response limit; read the body
+    /// with [`read_chunk`](Self::read_chunk).
     ///
     /// # Errors
-    /// [`OriginError`] when no response head arrives in time.
+    /// [`OriginError`] when no usable response head arrived (an origin error
+    /// status is a response, not an error), or the request was refused.
     pub async fn fetch(
         &self,
         path_and_query: &str,
         headers: HeaderMap,
-    ) -> Result<reqwest::Response, OriginError> {
-        let url = format!("{}{}", self.base, path_and_query);
-        self.client
-            .get(url)
-            .headers(headers)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| self.classify(e, OriginError::Request))
+        route: &Route,
+    ) -> Result<OriginResponse, OriginError> {
+        let url = format!("{}{}", self.shared.base, path_and_query);
+        let exchange = Exchange::new(Method::GET, url, headers, Bytes::new().into(), true);
+        self.exchange(exchange, self.timeouts(Some(route))).await
     }
 
-    /// Forwards a request with a streamed body. No total deadline applies, only
-    /// the connect timeout and the longest silence between reads, so large
-    /// uploads and downloads are not cut short.
+    /// Forwards a request. No total deadline applies to the body, only the
+    /// connect and first-byte limits and the longest silence between reads,
+    /// so large uploads and downloads are not cut short. Only a GET or HEAD
+    /// whose body is known up front (`reqwest::Body::from(bytes)`) is retried.
     ///
     /// # Errors
-    /// [`OriginError`] when no response head arrives.
+    /// [`OriginError`] when no response head arrives, or the request was refused.
     pub async fn forward(
         &self,
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
         body: reqwest::Body,
-    ) -> Result<reqwest::Response, OriginError> {
-        let url = format!("{}{}", self.base, path_and_query);
-        self.client
-            .request(method, url)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.classify(e, OriginError::Request))
+        route: Option<&Route>,
+    ) -> Result<OriginResponse, OriginError> {
+        let url = format!("{}{}", self.shared.base, path_and_query);
+        let exchange = Exchange::new(method, url, headers, body, false);
+        self.exchange(exchange, self.timeouts(route)).await
     }
 
     /// Reads the next chunk of a fill's body; `None` at a clean end.
     ///
     /// # Errors
-    /// [`OriginError::TimedOut`] past the deadline, [`OriginError::Body`] when
-    /// the body breaks off (a truncated body is never reported as complete).
+    /// See [`OriginResponse::chunk`].
     pub async fn read_chunk(
         &self,
-        response: &mut reqwest::Response,
+        response: &mut OriginResponse,
     ) -> Result<Option<Bytes>, OriginError> {
-        response
-            .chunk()
-            .await
-            .map_err(|e| self.classify(e, OriginError::Body))
+        response.chunk().await
     }
 
-    fn classify(
+    /// Sends `exchange` through the gate, the breaker and the limit, and again
+    /// while the answer is retryable and the retries, the deadline and the
+    /// budget allow.
+    async fn exchange(
         &self,
-        error: reqwest::Error,
-        other: fn(reqwest::Error) -> OriginError,
-    ) -> OriginError {
-        if error.is_timeout() {
-            OriginError::TimedOut(self.timeout)
-        } else if error.is_connect() {
-            OriginError::Connect(error)
-        } else {
-            other(error)
+        mut exchange: Exchange,
+        timeouts: Timeouts,
+    ) -> Result<OriginResponse, OriginError> {
+        let shared = &self.shared;
+        let deadline = Instant::now() + timeouts.request;
+        let client = self.client_for(&timeouts);
+        // The last attempt's answer, kept while backing off in case the next
+        // attempt is refused: the client then gets what the origin said.
+        let mut previous: Option<Result<OriginResponse, OriginError>> = None;
+        let mut attempt: u32 = 0;
+        loop {
+            let admitted = match self.admit(deadline).await {
+                Ok(admitted) => admitted,
+                Err(refused) => {
+                    return previous.unwrap_or_else(|| {
+                        if let OriginError::Refused { reason, .. } = &refused {
+                            shared.metrics.shed(*reason);
+                        }
+                        Err(refused)
+                    });
+                }
+            };
+            drop(previous.take());
+            if attempt == 0 {
+                lock(&shared.budget).record_request(Instant::now());
+            }
+            let answer = self
+                .attempt(&client, &mut exchange, &timeouts, deadline)
+                .await;
+            let verdict = judge(&answer);
+            match verdict.healthy {
+                Some(healthy) => admitted.ticket.record(healthy),
+                None => drop(admitted.ticket),
+            }
+            let now = Instant::now();
+            let pause = verdict.pause.map(|pause| pause.min(shared.max_retry_after));
+            if let Some(pause) = pause {
+                self.pause(now, pause, &answer);
+            }
+            let answer = answer.map(|(response, body_limit)| OriginResponse {
+                response,
+                permit: Some(admitted.permit),
+                body_limit,
+            });
+            if !(exchange.retryable() && verdict.retryable && attempt < shared.retries) {
+                return answer;
+            }
+            let delay = shared
+                .backoff
+                .jittered(attempt)
+                .max(pause.unwrap_or_default());
+            if now + delay >= deadline {
+                return answer;
+            }
+            if !lock(&shared.budget).try_withdraw(now) {
+                shared.metrics.retry_budget_exhausted.inc();
+                return answer;
+            }
+            // Give the slot back while backing off; keep the answer without it.
+            let answer = answer.map(|mut response| {
+                response.permit = None;
+                response
+            });
+            shared.metrics.retries.inc();
+            tracing::debug!(
+                origin = %shared.label,
+                attempt = attempt + 1,
+                delay_ms = delay.as_millis() as u64,
+                status = answer.as_ref().map_or(0, |r| r.status().as_u16()),
+                error = answer.as_ref().err().map(OriginError::label),
+                "retrying origin request"
+            );
+            previous = Some(answer);
+            tokio::time::sleep(delay).await;
+            attempt += 1;
         }
     }
+
+    /// Passes the gate, the breaker and the concurrency limit, or says why not.
+    async fn admit(&self, deadline: Instant) -> Result<Admitted, OriginError> {
+        let shared = &self.shared;
+        self.check_gate()?;
+        let ticket = shared
+            .breaker
+            .admit()
+            .map_err(|retry_after| OriginError::Refused {
+                reason: Refusal::CircuitOpen,
+                retry_after,
+            })?;
+        let permit = shared
+            .limit
+            .acquire(deadline)
+            .await
+            .map_err(|shed| OriginError::Refused {
+                reason: shed.into(),
+                retry_after: SHED_RETRY_AFTER,
+            })?;
+        // The origin may have asked for a pause while this request queued.
+        self.check_gate()?;
+        Ok(Admitted { ticket, permit })
+    }
+
+    fn check_gate(&self) -> Result<(), OriginError> {
+        match self.shared.gate.remaining(Instant::now()) {
+            Some(retry_after) => Err(OriginError::Refused {
+                reason: Refusal::RetryAfter,
+                retry_after,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Holds every request back for `pause`, as the origin asked.
+    fn pause(
+        &self,
+        now: Instant,
+        pause: Duration,
+        answer: &Result<(reqwest::Response, (TimeLimit, Duration)), OriginError>,
+    ) {
+        if pause.is_zero() || !self.shared.gate.close_until(now + pause) {
+            return;
+        }
+        let status = answer.as_ref().map_or(0, |(r, _)| r.status().as_u16());
+        tracing::warn!(
+            origin = %self.shared.label,
+            status,
+            pause_ms = pause.as_millis() as u64,
+            "origin asked for a pause (Retry-After): no requests until it expires"
+        );
+    }
+
+    /// Sends one attempt and waits for its response head.
+    async fn attempt(
+        &self,
+        client: &reqwest::Client,
+        exchange: &mut Exchange,
+        timeouts: &Timeouts,
+        deadline: Instant,
+    ) -> Result<(reqwest::Response, (TimeLimit, Duration)), OriginError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let out_of_time = OriginError::TimedOut {
+            limit: TimeLimit::Deadline,
+            after: timeouts.request,
+        };
+        if remaining.is_zero() {
+            return Err(out_of_time);
+        }
+        let mut request = client
+            .request(exchange.method.clone(), &exchange.url)
+            .headers(exchange.headers.clone());
+        if let Some(bytes) = exchange.replay.as_ref().filter(|b| !b.is_empty()) {
+            request = request.body(bytes.clone());
+        } else if let Some(body) = exchange.body.take() {
+            request = request.body(body);
+        }
+        // A streamed body is bounded per read by the client's read timeout.
+        let body_limit = if !exchange.whole_response || timeouts.response <= remaining {
+            (TimeLimit::Response, timeouts.response)
+        } else {
+            (TimeLimit::Deadline, timeouts.request)
+        };
+        if exchange.whole_response {
+            request = request.timeout(timeouts.response.min(remaining));
+        }
+        let (head_limit, head_error) = if timeouts.first_byte <= remaining {
+            (
+                timeouts.first_byte,
+                OriginError::TimedOut {
+                    limit: TimeLimit::FirstByte,
+                    after: timeouts.first_byte,
+                },
+            )
+        } else {
+            (remaining, out_of_time)
+        };
+        match tokio::time::timeout(head_limit, request.send()).await {
+            Err(_elapsed) => Err(head_error),
+            Ok(Ok(response)) => Ok((response, body_limit)),
+            Ok(Err(error)) => Err(classify(error, timeouts, body_limit)),
+        }
+    }
+
+    /// The client for `timeouts`' connect and read limits.
+    fn client_for(&self, timeouts: &Timeouts) -> reqwest::Client {
+        let shared = &self.shared;
+        let key = (timeouts.connect, timeouts.response);
+        if key == (shared.defaults.connect, shared.defaults.response) {
+            return shared.client.clone();
+        }
+        let mut clients = lock(&shared.route_clients);
+        if let Some((_, client)) = clients.iter().find(|(k, _)| *k == key) {
+            return client.clone();
+        }
+        match build_client(key.0, key.1, shared.pool_idle_timeout, shared.pool_max_idle) {
+            Ok(client) => {
+                clients.push((key, client.clone()));
+                client
+            }
+            Err(error) => {
+                tracing::warn!(origin = %shared.label, %error, "cannot build a client for a route's timeouts; using the origin's");
+                shared.client.clone()
+            }
+        }
+    }
+}
+
+fn build_client(
+    connect: Duration,
+    read: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle: usize,
+) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(connect)
+        .read_timeout(read)
+        .pool_idle_timeout(pool_idle_timeout)
+        .pool_max_idle_per_host(pool_max_idle)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .default_headers(HeaderMap::new())
+        .build()
+}
+
+/// Tells a failed attempt's cause apart: connect errors (and connect
+/// timeouts), other timeouts (reported as `body_limit`), and the rest.
+fn classify(
+    error: reqwest::Error,
+    timeouts: &Timeouts,
+    body_limit: (TimeLimit, Duration),
+) -> OriginError {
+    if error.is_connect() {
+        if error.is_timeout() {
+            OriginError::TimedOut {
+                limit: TimeLimit::Connect,
+                after: timeouts.connect,
+            }
+        } else {
+            OriginError::Connect(error)
+        }
+    } else if error.is_timeout() {
+        OriginError::TimedOut {
+            limit: body_limit.0,
+            after: body_limit.1,
+        }
+    } else {
+        OriginError::Request(error)
+    }
+}
+
+/// What one attempt's answer means. Failures (for the breaker): transport
+/// errors, timeouts and 5xx. Retryable: connect errors and connect timeouts,
+/// resets and other broken requests, 502, 503 and 504. A 429 is neither: the
+/// origin is alive and said how long to wait.
+fn judge(answer: &Result<(reqwest::Response, (TimeLimit, Duration)), OriginError>) -> Verdict {
+    match answer {
+        Ok((response, _)) => {
+            let status = response.status();
+            let pause = matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            )
+            .then(|| {
+                response
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()))
+            })
+            .flatten();
+            Verdict {
+                healthy: Some(!status.is_server_error()),
+                retryable: matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ),
+                pause,
+            }
+        }
+        Err(error) => Verdict {
+            healthy: match error {
+                OriginError::TimedOut {
+                    limit: TimeLimit::Deadline,
+                    ..
+                } => None,
+                _ => Some(false),
+            },
+            retryable: matches!(
+                error,
+                OriginError::Connect(_)
+                    | OriginError::Request(_)
+                    | OriginError::TimedOut {
+                        limit: TimeLimit::Connect,
+                        ..
+                    }
+            ),
+            pause: None,
+        },
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

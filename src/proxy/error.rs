@@ -1,6 +1,7 @@
 //! The one place where a failure becomes an HTTP response, and is logged.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Response, StatusCode, header};
 
@@ -11,7 +12,8 @@ use crate::origin::OriginError;
 /// Why corral answered a request itself instead of relaying an origin answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The origin failed (this request's fetch, or the leader's it waited on).
+    /// The origin failed (this request's fetch, or the leader's it waited on),
+    /// or was not contacted because it is being protected (503 with `Retry-After`).
     #[error(transparent)]
     Origin(Arc<OriginError>),
     /// The request waited on another request's fetch longer than `lock_timeout`.
@@ -23,6 +25,26 @@ pub enum ProxyError {
     /// The request cannot be proxied as sent.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// CONNECT: corral never opens tunnels.
+    #[error("CONNECT is not proxied")]
+    ConnectRefused,
+    /// An absolute-form request target named a host corral does not serve.
+    #[error("request target names a host this proxy does not serve")]
+    MisdirectedRequest,
+    /// The request head is larger than `server.max_header_size`.
+    #[error("request head of about {size} bytes exceeds the limit of {limit}")]
+    HeadersTooLarge {
+        /// Bytes in the request line and headers.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The request body is, or grew, larger than `server.max_request_body`.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
 }
 
 impl ProxyError {
@@ -30,9 +52,22 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Origin(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Origin(e) if e.is_refusal() => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Origin(_) | ProxyError::FetchLost => StatusCode::BAD_GATEWAY,
             ProxyError::LockTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// How long the client should wait before trying again, when corral knows.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProxyError::Origin(e) => e.retry_after(),
+            _ => None,
         }
     }
 
@@ -43,6 +78,10 @@ impl ProxyError {
             ProxyError::LockTimeout => "lock-timeout",
             ProxyError::FetchLost => "fetch-lost",
             ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::ConnectRefused => "method-not-allowed",
+            ProxyError::MisdirectedRequest => "misdirected",
+            ProxyError::HeadersTooLarge { .. } => "headers-too-large",
+            ProxyError::BodyTooLarge { .. } => "body-too-large",
         }
     }
 
@@ -51,7 +90,17 @@ impl ProxyError {
     pub fn into_response(self, outcome: CacheOutcome, path: &str) -> Response<ProxyBody> {
         let status = self.status();
         match &self {
-            ProxyError::BadRequest(_) => tracing::debug!(path, error = %self, "refused request"),
+            ProxyError::BadRequest(_)
+            | ProxyError::ConnectRefused
+            | ProxyError::MisdirectedRequest
+            | ProxyError::HeadersTooLarge { .. }
+            | ProxyError::BodyTooLarge { .. } => {
+                tracing::debug!(path, error = %self, "refused request")
+            }
+            // Counted in corral_shed_total; breaker changes are logged where they happen.
+            ProxyError::Origin(e) if e.is_refusal() => {
+                tracing::debug!(path, cache_status = outcome.label(), error = %self, "answering without the origin")
+            }
             _ => {
                 tracing::warn!(path, cache_status = outcome.label(), error = %self, "answering with an error")
             }
@@ -73,6 +122,70 @@ impl ProxyError {
             CACHE_STATUS.clone(),
             cache_status_value(outcome, None, false, None, Some(self.detail())),
         );
+        if let Some(wait) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, retry_after_value(wait));
+        }
+        if let ProxyError::ConnectRefused = self {
+            // A 405 must say what is allowed: every method but CONNECT is relayed.
+            headers.insert(
+                header::ALLOW,
+                header::HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+            );
+        }
         response
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up, and at least 1 (a 0 would
+/// invite an immediate retry into the same refusal).
+fn retry_after_value(wait: Duration) -> header::HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    header::HeaderValue::from(secs.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::origin::{OriginError, Refusal, TimeLimit};
+
+    fn origin(error: OriginError) -> ProxyError {
+        ProxyError::Origin(Arc::new(error))
+    }
+
+    #[test]
+    fn refusals_are_503_with_retry_after_in_whole_seconds() {
+        let refused = origin(OriginError::Refused {
+            reason: Refusal::CircuitOpen,
+            retry_after: Duration::from_millis(2_100),
+        });
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let response = refused.into_response(CacheOutcome::Miss, "/p");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(
+            response.headers()[CACHE_STATUS.clone()],
+            "corral; fwd=miss; detail=circuit_open"
+        );
+
+        let shed = origin(OriginError::Refused {
+            reason: Refusal::QueueFull,
+            retry_after: Duration::ZERO,
+        });
+        let response = shed.into_response(CacheOutcome::Miss, "/p");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn timeouts_are_504_and_carry_no_retry_after() {
+        let timed_out = origin(OriginError::TimedOut {
+            limit: TimeLimit::FirstByte,
+            after: Duration::from_secs(5),
+        });
+        assert_eq!(timed_out.status(), StatusCode::GATEWAY_TIMEOUT);
+        let response = timed_out.into_response(CacheOutcome::Miss, "/p");
+        assert!(!response.headers().contains_key(header::RETRY_AFTER));
+        assert_eq!(
+            response.headers()[CACHE_STATUS.clone()],
+            "corral; fwd=miss; detail=first_byte_timeout"
+        );
     }
 }

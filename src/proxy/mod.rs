@@ -3,6 +3,7 @@
 //! [`crate::cache`] (freshness) and [`crate::coalesce`] (who fetches); this
 //! module only ties them together and renders responses.
 
+mod admission;
 mod body;
 mod error;
 
@@ -21,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use admission::Admission;
 pub use body::{BoxError, ProxyBody};
 pub use error::ProxyError;
 
@@ -28,12 +30,12 @@ use crate::cache::{CachedResponse, HotCache, PassMarks, Variant};
 use crate::coalesce::{FlightMap, Join, Leader, WaitError};
 use crate::config::{Config, Route, RouteTable};
 use crate::http::{
-    CACHE_STATUS, CacheOutcome, PassReason, Shareability, VIA_CORRAL, X_FORWARDED_FOR,
+    CACHE_STATUS, CacheOutcome, PassReason, Shareability, StaleReason, VIA_CORRAL, X_FORWARDED_FOR,
     X_FORWARDED_PROTO, append_to_list, cache_key, cache_status_value, classify_response,
     request_pass_reason, strip_hop_by_hop, vary_names,
 };
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::origin::{OriginClient, OriginError};
+use crate::origin::{OriginClient, OriginError, OriginResponse, Refusal};
 
 /// How many times a request re-joins a key whose leader vanished (or fetched
 /// another variant) before giving up with 502.
@@ -123,6 +125,7 @@ struct ProxyState {
     origin: OriginClient,
     max_object_size: usize,
     metrics: Arc<Metrics>,
+    admission: Admission,
 }
 
 /// The caching, coalescing proxy service. Cheap to clone; clones share the
@@ -138,7 +141,7 @@ impl Proxy {
     /// # Errors
     /// The origin client could not be built.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, reqwest::Error> {
-        let origin = OriginClient::new(&config.origin)?;
+        let origin = OriginClient::new(&config.origin, &metrics)?;
         let evictions = metrics.cache_evictions.clone();
         let cache = HotCache::new(config.cache.max_size.as_u64(), move || {
             evictions.inc();
@@ -153,6 +156,7 @@ impl Proxy {
                 flights: FlightMap::new(),
                 origin,
                 max_object_size,
+                admission: Admission::new(config, metrics.client_limits.clone()),
                 metrics,
             }),
         })
@@ -205,8 +209,7 @@ impl Proxy {
         let route_metrics = matched.map_or(&settings.unmatched, |(index, _)| {
             &settings.route_metrics[index]
         });
-        if parts.method == Method::CONNECT {
-            let refused = ProxyError::BadRequest("CONNECT is not supported");
+        if let Err(refused) = self.state.admission.check(&parts) {
             route_metrics.count(CacheOutcome::Error);
             return refused.into_response(CacheOutcome::Error, parts.uri.path());
         }
@@ -222,9 +225,28 @@ impl Proxy {
                     .await
             }
             (reason, _) => {
-                let body = reqwest::Body::wrap_stream(BodyDataStream::new(body));
+                let (body, cut_off) = if body.is_end_stream() {
+                    // No body (a GET, usually): one the origin client can resend on retry.
+                    (reqwest::Body::from(Bytes::new()), Default::default())
+                } else {
+                    self.state.admission.limit_body(body)
+                };
                 let reason = reason.unwrap_or(PassReason::NoRoute);
-                self.pass(&parts, body, reason, client, route_metrics).await
+                let route = matched.map(|(_, route)| route);
+                let relayed = self
+                    .pass(&parts, body, reason, client, route_metrics, route)
+                    .await;
+                if cut_off.happened() {
+                    // Whatever the origin made of the aborted upload is moot.
+                    let refused = self.state.admission.body_too_large();
+                    let path = parts.uri.path();
+                    (
+                        refused.into_response(CacheOutcome::Error, path),
+                        CacheOutcome::Error,
+                    )
+                } else {
+                    relayed
+                }
             }
         };
         let elapsed = started.elapsed();
@@ -256,7 +278,14 @@ impl Proxy {
         if state.pass_marks.is_marked(&key, now) {
             let body = reqwest::Body::from(Bytes::new());
             return self
-                .pass(&parts, body, PassReason::HitForPass, client, route_metrics)
+                .pass(
+                    &parts,
+                    body,
+                    PassReason::HitForPass,
+                    client,
+                    route_metrics,
+                    Some(route),
+                )
                 .await;
         }
         let deadline = now + route.lock_timeout;
@@ -302,14 +331,18 @@ impl Proxy {
                         Ok(FlightOutcome::Unshareable) => {
                             let body = reqwest::Body::from(Bytes::new());
                             return self
-                                .pass(&parts, body, PassReason::Unshareable, client, route_metrics)
+                                .pass(
+                                    &parts,
+                                    body,
+                                    PassReason::Unshareable,
+                                    client,
+                                    route_metrics,
+                                    Some(route),
+                                )
                                 .await;
                         }
                         Ok(FlightOutcome::Failed(error)) => {
-                            return (
-                                ProxyError::Origin(error).into_response(outcome, parts.uri.path()),
-                                CacheOutcome::Error,
-                            );
+                            return self.failed(&key, &parts, error, outcome);
                         }
                         Err(WaitError::TimedOut) => {
                             return (
@@ -340,6 +373,36 @@ impl Proxy {
             .filter(|entry| entry.is_fresh(now) && entry.variant.matches(request))
     }
 
+    /// Answers a request whose fetch failed: with the stored entry, however
+    /// stale, when the origin was not contacted to protect it (breaker open,
+    /// `Retry-After`, overload) and the entry is still held; else with the error.
+    fn failed(
+        &self,
+        key: &str,
+        parts: &Parts,
+        error: Arc<OriginError>,
+        outcome: CacheOutcome,
+    ) -> (Response<ProxyBody>, CacheOutcome) {
+        let stale = stale_reason(&error).and_then(|reason| {
+            let entry = self.state.cache.get(key)?;
+            entry
+                .variant
+                .matches(&parts.headers)
+                .then_some((entry, CacheOutcome::Stale(reason)))
+        });
+        match stale {
+            Some((entry, stale)) => {
+                let head = parts.method == Method::HEAD;
+                let response = respond_from_entry(&entry, stale, false, head, Instant::now());
+                (response, stale)
+            }
+            None => (
+                ProxyError::Origin(error).into_response(outcome, parts.uri.path()),
+                CacheOutcome::Error,
+            ),
+        }
+    }
+
     /// Spawns the fetch as its own task (so this client leaving cannot cancel
     /// it) and waits for the answer meant for this client.
     async fn lead(
@@ -351,11 +414,17 @@ impl Proxy {
         client: SocketAddr,
     ) -> (Response<ProxyBody>, CacheOutcome) {
         let (answer, answered) = oneshot::channel();
+        let key = leader.key().clone();
         let fill = Fill {
             state: Arc::clone(&self.state),
             leader,
             path_and_query: path_and_query(parts).to_owned(),
-            origin_headers: forward_headers(&parts.headers, client, true),
+            origin_headers: forward_headers(
+                &parts.headers,
+                client,
+                true,
+                preserved_host(parts, Some(route)),
+            ),
             request_headers: parts.headers.clone(),
             route: route.clone(),
             route_metrics: route_metrics.clone(),
@@ -374,10 +443,7 @@ impl Proxy {
                 }
                 (response, outcome)
             }
-            Ok(LeaderOutcome::Failed(error)) => (
-                ProxyError::Origin(error).into_response(outcome, parts.uri.path()),
-                CacheOutcome::Error,
-            ),
+            Ok(LeaderOutcome::Failed(error)) => self.failed(&key, parts, error, outcome),
             Err(_fill_task_died) => (
                 ProxyError::FetchLost.into_response(outcome, parts.uri.path()),
                 CacheOutcome::Error,
@@ -393,19 +459,29 @@ impl Proxy {
         reason: PassReason,
         client: SocketAddr,
         route_metrics: &RouteMetrics,
+        route: Option<&Route>,
     ) -> (Response<ProxyBody>, CacheOutcome) {
         let state = &self.state;
         let outcome = CacheOutcome::Pass(reason);
-        let headers = forward_headers(&parts.headers, client, false);
+        let host = preserved_host(parts, route);
+        let headers = forward_headers(&parts.headers, client, false, host);
         let started = Instant::now();
         let sent = state
             .origin
-            .forward(parts.method.clone(), path_and_query(parts), headers, body)
+            .forward(
+                parts.method.clone(),
+                path_and_query(parts),
+                headers,
+                body,
+                route,
+            )
             .await;
-        state
-            .metrics
-            .origin_duration
-            .observe(started.elapsed().as_secs_f64());
+        if !sent.as_ref().is_err_and(OriginError::is_refusal) {
+            state
+                .metrics
+                .origin_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
         match sent {
             Ok(response) => {
                 state
@@ -416,7 +492,9 @@ impl Proxy {
                 (relay_response(response, Vec::new(), status_value), outcome)
             }
             Err(error) => {
-                state.metrics.origin_request(route_metrics, error.label());
+                if !error.is_refusal() {
+                    state.metrics.origin_request(route_metrics, error.label());
+                }
                 let error = ProxyError::Origin(Arc::new(error));
                 (
                     error.into_response(outcome, parts.uri.path()),
@@ -452,15 +530,22 @@ impl Fill {
         } = self;
         let _in_flight = GaugeGuard::new(&state.metrics.flights_in_progress);
         let started = Instant::now();
-        let fetched = state.origin.fetch(&path_and_query, origin_headers).await;
-        state
-            .metrics
-            .origin_duration
-            .observe(started.elapsed().as_secs_f64());
+        let fetched = state
+            .origin
+            .fetch(&path_and_query, origin_headers, &route)
+            .await;
+        if !fetched.as_ref().is_err_and(OriginError::is_refusal) {
+            state
+                .metrics
+                .origin_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
         let mut response = match fetched {
             Ok(response) => response,
             Err(error) => {
-                state.metrics.origin_request(&route_metrics, error.label());
+                if !error.is_refusal() {
+                    state.metrics.origin_request(&route_metrics, error.label());
+                }
                 return fail(leader, answer, error);
             }
         };
@@ -540,6 +625,19 @@ impl Fill {
     }
 }
 
+/// Whether a failed fetch may be answered with a stale entry, and why: only
+/// when the origin was not contacted to protect it.
+fn stale_reason(error: &OriginError) -> Option<StaleReason> {
+    match error {
+        OriginError::Refused { reason, .. } => Some(match reason {
+            Refusal::CircuitOpen => StaleReason::CircuitOpen,
+            Refusal::RetryAfter => StaleReason::RetryAfter,
+            Refusal::QueueFull | Refusal::QueueTimeout => StaleReason::Overloaded,
+        }),
+        _ => None,
+    }
+}
+
 /// The origin failed: nothing is stored, every waiter gets the error.
 fn fail(
     leader: Leader<String, FlightOutcome>,
@@ -559,7 +657,7 @@ fn release(
     leader: Leader<String, FlightOutcome>,
     answer: oneshot::Sender<LeaderOutcome>,
     route: &Route,
-    response: reqwest::Response,
+    response: OriginResponse,
     prefix: Vec<Bytes>,
     detail: &str,
 ) {
@@ -584,7 +682,7 @@ fn release(
 /// Turns an origin response into a client response: hop-by-hop headers removed,
 /// `Via` and `Cache-Status` added, body streamed (after `prefix`, already read).
 fn relay_response(
-    response: reqwest::Response,
+    response: OriginResponse,
     prefix: Vec<Bytes>,
     cache_status: HeaderValue,
 ) -> Response<ProxyBody> {
@@ -631,6 +729,7 @@ fn respond_from_entry(
     headers.insert(header::AGE, HeaderValue::from(entry.age_secs(now)));
     let (fwd_status, ttl) = match outcome {
         CacheOutcome::Hit => (None, Some(entry.ttl_secs(now))),
+        CacheOutcome::Stale(_) => (None, None),
         _ => (Some(entry.status), None),
     };
     headers.insert(
@@ -642,13 +741,22 @@ fn respond_from_entry(
 }
 
 /// Headers sent to the origin: the client's end-to-end headers, minus `Host`
-/// (the origin's own is used), plus `X-Forwarded-For`, `X-Forwarded-Proto` and
-/// `Via`. A fill also drops conditional and range headers, since its answer
-/// is shared by clients who did not ask them.
-fn forward_headers(client_headers: &HeaderMap, client: SocketAddr, fill: bool) -> HeaderMap {
+/// (the origin's own is used unless `preserved_host` is given), plus
+/// `X-Forwarded-For`, `X-Forwarded-Proto` and `Via`. A fill also drops
+/// conditional and range headers, since its answer is shared by clients who
+/// did not ask them.
+fn forward_headers(
+    client_headers: &HeaderMap,
+    client: SocketAddr,
+    fill: bool,
+    preserved_host: Option<HeaderValue>,
+) -> HeaderMap {
     let mut headers = client_headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
+    if let Some(host) = preserved_host {
+        headers.insert(header::HOST, host);
+    }
     if fill {
         for name in &FILL_STRIPPED {
             headers.remove(name);
@@ -658,6 +766,18 @@ fn forward_headers(client_headers: &HeaderMap, client: SocketAddr, fill: bool) -
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     append_to_list(&mut headers, &header::VIA, VIA_CORRAL);
     headers
+}
+
+/// The client's `Host` (or HTTP/2 `:authority`) when `route` says to forward
+/// it; `None` lets the origin client send the origin's own.
+fn preserved_host(parts: &Parts, route: Option<&Route>) -> Option<HeaderValue> {
+    if !route.is_some_and(|route| route.preserve_host) {
+        return None;
+    }
+    let host = request_host(parts);
+    (!host.is_empty())
+        .then(|| HeaderValue::from_str(host).ok())
+        .flatten()
 }
 
 /// The host a request addressed: the URI authority (HTTP/2, absolute form) or `Host`.

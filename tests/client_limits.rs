@@ -1,0 +1,551 @@
+//! Client-facing limits and open-proxy safety, over real loopback sockets:
+//! slow heads, idle keep-alive connections, oversized heads and bodies, the
+//! connection cap, absolute-form targets, CONNECT, and the `Host` sent upstream.
+//!
+//! Raw `TcpStream`s stand in for misbehaving clients. Nothing sleeps to
+//! synchronise: tests wait for the server to close a socket (with an overall
+//! bound), for counters, or on gates. Timeouts under test are short and real.
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use corral::config::Config;
+use corral::metrics::ClientLimit;
+use corral::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+/// Overall bound on anything a test waits for; generous, never a speed claim.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// What a raw client saw once the server closed its connection.
+#[derive(Debug)]
+struct Closed {
+    /// Every byte received before the close.
+    bytes: Vec<u8>,
+    /// Whether the close was a reset rather than an orderly FIN.
+    reset: bool,
+}
+
+impl Closed {
+    fn status(&self) -> Option<u16> {
+        status_of(&self.bytes)
+    }
+}
+
+/// Reads until the server closes the connection, which must happen within [`BOUND`].
+async fn read_until_closed(stream: &mut TcpStream) -> Closed {
+    let read_all = async {
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) => {
+                    return Closed {
+                        bytes,
+                        reset: false,
+                    };
+                }
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                Err(_) => return Closed { bytes, reset: true },
+            }
+        }
+    };
+    timeout(BOUND, read_all)
+        .await
+        .expect("the server closes the connection")
+}
+
+/// Reads one `Content-Length`-framed response from a keep-alive connection and
+/// returns its status and body.
+async fn read_response(stream: &mut TcpStream) -> (u16, String) {
+    let read_one = async {
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(end) = find(&bytes, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().expect("numeric content-length"));
+                if bytes.len() >= end + 4 + length {
+                    let body = String::from_utf8_lossy(&bytes[end + 4..end + 4 + length]);
+                    return (status_of(&bytes).expect("a status line"), body.into_owned());
+                }
+            }
+            let n = stream.read(&mut chunk).await.expect("read response");
+            assert!(
+                n > 0,
+                "connection closed before a whole response: {bytes:?}"
+            );
+            bytes.extend_from_slice(&chunk[..n]);
+        }
+    };
+    timeout(BOUND, read_one).await.expect("a response arrives")
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn status_of(bytes: &[u8]) -> Option<u16> {
+    let line = bytes.strip_prefix(b"HTTP/1.1 ")?;
+    std::str::from_utf8(line.get(..3)?).ok()?.parse().ok()
+}
+
+/// Connects and writes `request` verbatim.
+async fn send_raw(addr: SocketAddr, request: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write request");
+    stream
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: corral.test\r\n\r\n").into_bytes()
+}
+
+/// The `corral_client_limit_total` count for `limit`.
+fn limit_count(corral: &support::TestProxy, limit: ClientLimit) -> u64 {
+    corral.proxy.metrics().client_limits.get(limit)
+}
+
+#[tokio::test]
+async fn slowloris_is_cut_off_after_the_header_timeout_while_others_are_served() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/", Reply::ok("fine"));
+    let corral = support::start(support::config(
+        &origin,
+        "[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"60s\"\n",
+    ))
+    .await;
+
+    // Half a request head, then silence.
+    let mut silent = send_raw(corral.addr, b"GET /slow HTTP/1.1\r\nHost: corral.test\r\n").await;
+    // A head trickled one byte at a time: steady activity must not extend the bound.
+    let trickler = tokio::spawn({
+        let addr = corral.addr;
+        async move {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let head = b"GET /trickle HTTP/1.1\r\nX-Padding: ".iter().copied();
+            let mut bytes = head.chain(std::iter::repeat(b'a'));
+            let mut pace = tokio::time::interval(Duration::from_millis(20));
+            let mut chunk = [0u8; 1024];
+            timeout(BOUND, async {
+                loop {
+                    tokio::select! {
+                        read = stream.read(&mut chunk) => match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => panic!("the trickler got an answer: {:?}", &chunk[..n]),
+                        },
+                        _ = pace.tick() => {
+                            let byte = [bytes.next().unwrap_or(b'a')];
+                            if stream.write_all(&byte).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+            .await
+            .expect("the trickler is cut off");
+        }
+    });
+
+    let client = support::client();
+    for _ in 0..5 {
+        let response = client.get(corral.url("/other")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "fine");
+    }
+
+    let closed = read_until_closed(&mut silent).await;
+    assert!(
+        closed.bytes.is_empty(),
+        "no answer to half a head: {closed:?}"
+    );
+    trickler.await.unwrap();
+    assert_eq!(limit_count(&corral, ClientLimit::HeaderTimeout), 2);
+    assert_eq!(
+        origin.hits_on("/"),
+        5,
+        "only the complete requests reached the origin"
+    );
+
+    let metrics = client
+        .get(corral.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"corral_client_limit_total{limit="header_timeout"} 2"#),
+        "{metrics}"
+    );
+    corral.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/", Reply::ok("fine"));
+    let corral = support::start(support::config(
+        &origin,
+        "[server]\nheader_read_timeout = \"10s\"\nidle_timeout = \"300ms\"\n",
+    ))
+    .await;
+
+    let mut stream = send_raw(corral.addr, &get("/a")).await;
+    assert_eq!(read_response(&mut stream).await, (200, "fine".to_owned()));
+    // Kept alive: a second request on the same connection is served.
+    stream.write_all(&get("/b")).await.unwrap();
+    assert_eq!(read_response(&mut stream).await, (200, "fine".to_owned()));
+
+    let closed = read_until_closed(&mut stream).await;
+    assert!(closed.bytes.is_empty() && !closed.reset, "{closed:?}");
+    assert_eq!(limit_count(&corral, ClientLimit::Idle), 1);
+    assert_eq!(limit_count(&corral, ClientLimit::HeaderTimeout), 0);
+    corral.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/", Reply::ok("fine"));
+    let corral = support::start(support::config(
+        &origin,
+        "[server]\nheader_read_timeout = \"10s\"\nidle_timeout = \"300ms\"\n",
+    ))
+    .await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+
+    let response = client.get(corral.url("/a")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.text().await.unwrap(), "fine");
+    let metrics = corral.proxy.metrics();
+    support::wait_until("the idle HTTP/2 connection is closed", BOUND, || {
+        metrics.connections_open.get() == 0
+    })
+    .await;
+    assert_eq!(limit_count(&corral, ClientLimit::Idle), 1);
+    assert_eq!(limit_count(&corral, ClientLimit::HeaderTimeout), 0);
+
+    // The client was told (GOAWAY) and simply reconnects.
+    let again = client.get(corral.url("/b")).send().await.unwrap();
+    assert_eq!(again.text().await.unwrap(), "fine");
+    corral.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_timeout_spares_a_request_in_progress() {
+    let origin = MockOrigin::start().await.unwrap();
+    let gate = Gate::new();
+    origin.always(
+        "/slow",
+        Behaviour::Gated {
+            gate: gate.clone(),
+            then: Box::new(Reply::ok("late").into()),
+        },
+    );
+    origin.always("/", Reply::ok("fine"));
+    let corral = support::start(support::config(
+        &origin,
+        "[server]\nidle_timeout = \"300ms\"\n[[route]]\nmatch = \"/\"\ncache = false\n",
+    ))
+    .await;
+
+    let mut busy = send_raw(corral.addr, &get("/slow")).await;
+    origin.wait_for_hits(1).await;
+    // Another connection going idle after the slow request started: once the
+    // idle timeout has closed it, the slow one has been in progress longer.
+    let mut idle = send_raw(corral.addr, &get("/fast")).await;
+    assert_eq!(read_response(&mut idle).await.0, 200);
+    read_until_closed(&mut idle).await;
+    assert_eq!(limit_count(&corral, ClientLimit::Idle), 1);
+
+    gate.open();
+    assert_eq!(read_response(&mut busy).await, (200, "late".to_owned()));
+    corral.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_gib_content_length_is_refused_with_413_unread() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/", Reply::ok("stored"));
+    let corral = support::start(support::config(
+        &origin,
+        "[server]\nmax_request_body = \"1MiB\"\n[[route]]\nmatch = \"/\"\ncache = false\n",
+    ))
+    .await;
+
+    let mut stream = send_raw(
+        corral.addr,
+        b"POST /upload HTTP/1.1\r\nHost: corral.test\r\nContent-Length: 2147483648\r\n\r\nonly a few bytes",
+    )
+    .await;
+    let closed = read_until_closed(&mut stream).await;
+    assert_eq!(closed.status(), Some(413), "{closed:?}");
+    assert_eq!(origin.hits(), 0, "the origin was never asked");
+    assert_eq!(limit_count(&corral, ClientLimit::BodySize), 1);
+
+    // Within the limit, a body is relayed.
+    let client = support::client();
+    let response = client
+        .post(corral.url("/upload"))
+        .body(vec![b'x'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    corral.shutdown().await;
+}
+
+/// An origin that accepts one connection, never answers, and reports every
+/// byte it received once the connection closes.
+async fn recording_origin() -> (SocketAddr, oneshot::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (report, received) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("corral connects");
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        while let Ok(n) = stream.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+        }
+        let _ = report.send(bytes);
+    });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn chunked_body_growing_past_the_limit_is_cut_off_never_forwarded_whole() {
+    let (origin, received) = recording_origin().await;
+    let text = format!(
+        "[origin]\nurl = \"http://{origin}\"\n[server]\nmax_request_body = \"32KiB\"\n\
+         [[route]]\nmatch = \"/\"\ncache = false\n"
+    );
+    let corral = support::start(Config::parse(&text, Path::new("test.toml")).unwrap()).await;
+
+    let mut stream = send_raw(
+        corral.addr,
+        b"POST /upload HTTP/1.1\r\nHost: corral.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await;
+    // 33 chunks of 1 KiB: one past the limit. The terminating chunk is never sent.
+    let chunk = [b"400\r\n".as_slice(), &[b'x'; 1024], b"\r\n"].concat();
+    for _ in 0..33 {
+        if stream.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    let closed = read_until_closed(&mut stream).await;
+    assert!(
+        closed.status() == Some(413) || (closed.reset && closed.bytes.is_empty()),
+        "413, or the connection closed, and nothing else: {closed:?}"
+    );
+    assert_eq!(limit_count(&corral, ClientLimit::BodySize), 1);
+
+    let forwarded = timeout(BOUND, received)
+        .await
+        .expect("corral drops the origin connection")
+        .unwrap();
+    let body_start = find(&forwarded, b"\r\n\r\n").map_or(forwarded.len(), |end| end + 4);
+    assert!(
+        forwarded.len() - body_start < 33 * 1024,
+        "the origin got {} body bytes",
+        forwarded.len() - body_start
+    );
+    assert!(
+        find(&forwarded, b"0\r\n\r\n").is_none(),
+        "the body was never completed upstream"
+    );
+    corral.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/", Reply::ok("fine"));
+    let corral = support::start(support::config(
+        &origin,
+        "[server]\nmax_header_size = \"4KiB\"\n",
+    ))
+    .await;
+    let client = support::client();
+
+    // Over the limit but inside hyper's read buffer: refused by corral's check.
+    let response = client
+        .get(corral.url("/p"))
+        .header("x-big", "a".repeat(6 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+
+    // Larger than hyper's read buffer: refused by hyper while reading the head.
+    let big = format!(
+        "GET /p HTTP/1.1\r\nHost: corral.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let mut stream = TcpStream::connect(corral.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.split();
+    let (_, closed) = tokio::join!(
+        async {
+            // The server stops reading at its limit; the rest may not be taken.
+            let _ = writer.write_all(big.as_bytes()).await;
+        },
+        async {
+            let mut bytes = Vec::new();
+            let _ = timeout(BOUND, reader.read_to_end(&mut bytes)).await;
+            bytes
+        }
+    );
+    assert_eq!(
+        status_of(&closed),
+        Some(431),
+        "{:?}",
+        String::from_utf8_lossy(&closed)
+    );
+
+    let response = client.get(corral.url("/p")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "small heads still pass");
+    assert_eq!(origin.hits(), 1, "no oversized head reached the origin");
+    assert_eq!(limit_count(&corral, ClientLimit::HeaderSize), 2);
+    corral.shutdown().await;
+}
+
+#[tokio::test]
+async fn absolute_form_for_a_foreign_host_is_refused_without_contacting_the_origin() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/", Reply::ok("fine"));
+    let corral = support::start(support::config(
+        &origin,
+        "[server]\nhosts = [\"shop.example\"]\n",
+    ))
+    .await;
+
+    let mut stream = send_raw(
+        corral.addr,
+        b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let closed = read_until_closed(&mut stream).await;
+    assert_eq!(closed.status(), Some(421), "{closed:?}");
+    assert_eq!(origin.hits(), 0, "the origin was not contacted");
+    assert_eq!(limit_count(&corral, ClientLimit::Host), 1);
+
+    // The origin's own authority and listed hosts are served in absolute form.
+    for target in [
+        format!("http://{}/p", origin.addr()),
+        "http://shop.example/p".to_owned(),
+    ] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut stream = send_raw(corral.addr, request.as_bytes()).await;
+        let closed = read_until_closed(&mut stream).await;
+        assert_eq!(closed.status(), Some(200), "{target}: {closed:?}");
+    }
+    assert_eq!(origin.hits(), 2);
+    corral.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_is_refused_with_405() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/", Reply::ok("fine"));
+    let corral = support::start(support::config(&origin, "")).await;
+
+    let mut stream = send_raw(
+        corral.addr,
+        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let closed = read_until_closed(&mut stream).await;
+    assert_eq!(closed.status(), Some(405), "{closed:?}");
+    let head = String::from_utf8_lossy(&closed.bytes).to_ascii_lowercase();
+    assert!(head.contains("\r\nallow: "), "{head}");
+    assert_eq!(origin.hits(), 0);
+    assert_eq!(limit_count(&corral, ClientLimit::Method), 1);
+    corral.shutdown().await;
+}
+
+#[tokio::test]
+async fn origin_host_is_sent_upstream_unless_the_route_preserves_it() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.on("/", |seen| {
+        let host = seen
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("(none)");
+        Reply::ok(host.to_owned()).into()
+    });
+    let corral = support::start(support::config(
+        &origin,
+        r#"
+[[route]]
+match = "/kept/"
+preserve_host = true
+[[route]]
+match = "/kept-pass/"
+cache = false
+preserve_host = true
+[[route]]
+match = "/"
+"#,
+    ))
+    .await;
+    let client = support::client();
+    let host_seen = |path: &'static str| {
+        let request = client.get(corral.url(path)).header("host", "shop.example");
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+
+    assert_eq!(host_seen("/cached").await, origin.addr().to_string());
+    assert_eq!(host_seen("/kept/fill").await, "shop.example");
+    assert_eq!(host_seen("/kept-pass/relay").await, "shop.example");
+    corral.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_over_the_cap_waits_for_a_free_slot() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/", Reply::ok("fine"));
+    let corral = support::start(support::config(&origin, "[server]\nmax_connections = 2\n")).await;
+
+    let mut first = send_raw(corral.addr, &get("/1")).await;
+    assert_eq!(read_response(&mut first).await.0, 200);
+    let mut second = send_raw(corral.addr, &get("/2")).await;
+    assert_eq!(read_response(&mut second).await.0, 200);
+
+    let mut third = send_raw(corral.addr, &get("/3")).await;
+    support::wait_until("the third connection waits for a slot", BOUND, || {
+        limit_count(&corral, ClientLimit::Connections) == 1
+    })
+    .await;
+    assert_eq!(corral.proxy.metrics().connections_open.get(), 2);
+    let mut probe = [0u8; 64];
+    assert_eq!(
+        third.try_read(&mut probe).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "the waiting connection is not served"
+    );
+
+    drop(first);
+    assert_eq!(read_response(&mut third).await, (200, "fine".to_owned()));
+    assert_eq!(origin.hits(), 3);
+    corral.shutdown().await;
+}
