@@ -736,6 +736,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../config/corral.toml");
+        let config = parse(text).unwrap();
+        assert_eq!(config.routes.len(), 2);
+        assert!(config.routes.iter().any(|r| !r.cache));
+    }
+
+    #[test]
     fn minimal_config_takes_defaults() {
         let config = parse("[origin]\nurl = \"http://127.0.0.1:9000\"\n").unwrap();
         assert_eq!(config.server.listen, DEFAULT_LISTEN.parse().unwrap());
