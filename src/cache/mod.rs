@@ -5,6 +5,8 @@
 //! moka's own expiry (on the std clock) only reclaims memory some time after an
 //! entry can no longer be served.
 
+pub mod freshness;
+
 use std::sync::Arc;
 use std::time::Duration;
 
