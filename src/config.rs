@@ -15,6 +15,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use wildmatch::WildMatch;
 
+use crate::cache::freshness::FreshnessPolicy;
+
 /// Default proxy listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin listen address (metrics, health).
@@ -25,6 +27,11 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a key whose answer was not shareable is passed straight through.
 pub const DEFAULT_HIT_FOR_PASS: Duration = Duration::from_secs(10);
+/// Default longest heuristic freshness (10% of the time since `Last-Modified`),
+/// on routes that turn the heuristic on.
+pub const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default most variants (distinct `Vary` selections) stored for one URL.
+pub const DEFAULT_MAX_VARIANTS: usize = 8;
 /// Default timeout for establishing an origin connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default timeout for a whole origin response (headers and body of a cache fill;
@@ -388,6 +395,10 @@ pub struct CacheConfig {
     pub max_size: ByteSize,
     /// Larger responses are streamed to their client and never stored.
     pub max_object_size: ByteSize,
+    /// Most variants (responses selected by different request header values
+    /// named in `Vary`) kept for one URL; storing one more drops the least
+    /// recently stored, so a `Vary` explosion cannot fill the cache.
+    pub max_variants: usize,
 }
 
 impl Default for CacheConfig {
@@ -395,6 +406,7 @@ impl Default for CacheConfig {
         Self {
             max_size: DEFAULT_CACHE_MAX_SIZE,
             max_object_size: DEFAULT_MAX_OBJECT_SIZE,
+            max_variants: DEFAULT_MAX_VARIANTS,
         }
     }
 }
@@ -408,9 +420,38 @@ pub struct RouteConfig {
     /// Path prefix (`/api/`) or glob (`/api/*/reviews`, `*` spans `/`).
     #[serde(rename = "match")]
     pub pattern: Spanned<String>,
-    /// Freshness given to a 200 response.
+    /// Freshness of a 200 response whose origin says nothing about it (no
+    /// `max-age`, `s-maxage` or `Expires`); with `override_origin`, of every
+    /// 200 response.
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub ttl: Duration,
+    /// `true`: `ttl` (and `negative_ttl` for 404/410) replace the origin's own
+    /// freshness. It never makes a response storable that is not (`no-store`,
+    /// `private`, `Set-Cookie`, …).
+    #[serde(default)]
+    pub override_origin: bool,
+    /// `true`: a response without explicit freshness but with `Last-Modified`
+    /// is fresh for 10% of its age at arrival, capped by `heuristic_max`
+    /// (RFC 9111 §4.2.2), before `ttl` is used.
+    #[serde(default)]
+    pub heuristic: bool,
+    /// Longest heuristic freshness.
+    #[serde(default = "default_heuristic_max", with = "humantime_serde")]
+    pub heuristic_max: Duration,
+    /// When set, 404 and 410 answers are stored with this freshness (unless
+    /// the origin says otherwise, or with `override_origin` regardless).
+    /// Unset: they are never stored.
+    #[serde(default, with = "humantime_serde")]
+    pub negative_ttl: Option<Duration>,
+    /// Stale-while-revalidate window (RFC 5861) for responses whose origin
+    /// names none: a stale entry is served at once while one background
+    /// request refreshes it.
+    #[serde(default, with = "humantime_serde")]
+    pub stale_while_revalidate: Option<Duration>,
+    /// Stale-if-error window (RFC 5861) for responses whose origin names none:
+    /// a stale entry is served when the origin fails, times out or answers 5xx.
+    #[serde(default, with = "humantime_serde")]
+    pub stale_if_error: Option<Duration>,
     /// Longest a follower waits for the leader's fetch before answering 504.
     #[serde(default = "default_lock_timeout", with = "humantime_serde")]
     pub lock_timeout: Duration,
@@ -445,6 +486,9 @@ fn default_lock_timeout() -> Duration {
 }
 fn default_hit_for_pass() -> Duration {
     DEFAULT_HIT_FOR_PASS
+}
+fn default_heuristic_max() -> Duration {
+    DEFAULT_HEURISTIC_MAX
 }
 fn default_true() -> bool {
     true
@@ -536,6 +580,12 @@ impl Config {
                 name: Some("default".to_owned()),
                 pattern: Spanned::new(0..0, "/".to_owned()),
                 ttl,
+                override_origin: false,
+                heuristic: false,
+                heuristic_max: DEFAULT_HEURISTIC_MAX,
+                negative_ttl: None,
+                stale_while_revalidate: None,
+                stale_if_error: None,
                 lock_timeout: DEFAULT_LOCK_TIMEOUT,
                 hit_for_pass: DEFAULT_HIT_FOR_PASS,
                 cache: true,
@@ -613,6 +663,9 @@ impl Config {
                 ));
             }
         }
+        if self.cache.max_variants == 0 {
+            return Err((0..0, "cache.max_variants must be at least 1".to_owned()));
+        }
         if self.cache.max_object_size > self.cache.max_size {
             return Err((
                 0..0,
@@ -638,6 +691,15 @@ impl Config {
                     name: r.name.clone().unwrap_or_else(|| pattern.clone()),
                     matcher,
                     ttl: r.ttl,
+                    freshness: FreshnessPolicy {
+                        route_ttl: r.ttl,
+                        override_origin: r.override_origin,
+                        heuristic: r.heuristic,
+                        heuristic_max: r.heuristic_max,
+                        negative_ttl: r.negative_ttl,
+                        stale_while_revalidate: r.stale_while_revalidate,
+                        stale_if_error: r.stale_if_error,
+                    },
                     lock_timeout: r.lock_timeout,
                     hit_for_pass: r.hit_for_pass,
                     cache: r.cache,
@@ -677,8 +739,12 @@ pub struct Route {
     /// Label for metrics and logs (bounded: comes from the config, never the path).
     pub name: String,
     matcher: PathMatcher,
-    /// Freshness of a stored 200 response.
+    /// Freshness of a stored 200 response whose origin says nothing about it
+    /// (of every 200 with `override_origin`); also `freshness.route_ttl`.
     pub ttl: Duration,
+    /// The route's say in freshness: default and overriding ttls, heuristic,
+    /// negative caching and default stale windows.
+    pub freshness: FreshnessPolicy,
     /// Bound on a follower's wait for its leader.
     pub lock_timeout: Duration,
     /// How long an unshareable key bypasses coalescing.
@@ -741,6 +807,73 @@ mod tests {
         let config = parse(text).unwrap();
         assert_eq!(config.routes.len(), 2);
         assert!(config.routes.iter().any(|r| !r.cache));
+    }
+
+    #[test]
+    fn shipped_example_config_sets_the_freshness_keys() {
+        let config = parse(include_str!("../config/corral.toml")).unwrap();
+        assert_eq!(config.cache.max_variants, DEFAULT_MAX_VARIANTS);
+        let table = config.route_table();
+        let products = &table.routes()[0].freshness;
+        assert_eq!(products.route_ttl, Duration::from_secs(30));
+        assert_eq!(products.heuristic_max, DEFAULT_HEURISTIC_MAX);
+        assert_eq!(
+            products.stale_while_revalidate,
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(products.stale_if_error, Some(Duration::from_secs(300)));
+        assert_eq!(products.negative_ttl, None);
+    }
+
+    #[test]
+    fn freshness_keys_parse_into_the_route_policy_with_defaults() {
+        let config = parse(
+            r#"
+[origin]
+url = "http://a:1"
+[cache]
+max_variants = 3
+[[route]]
+match = "/tuned/"
+ttl = "5m"
+override_origin = true
+heuristic = true
+heuristic_max = "2h"
+negative_ttl = "15s"
+stale_while_revalidate = "30s"
+stale_if_error = "1h"
+[[route]]
+match = "/"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.cache.max_variants, 3);
+        let table = config.route_table();
+        let tuned = &table.find("/tuned/x").unwrap().1.freshness;
+        assert_eq!(
+            *tuned,
+            FreshnessPolicy {
+                route_ttl: Duration::from_secs(300),
+                override_origin: true,
+                heuristic: true,
+                heuristic_max: Duration::from_secs(7200),
+                negative_ttl: Some(Duration::from_secs(15)),
+                stale_while_revalidate: Some(Duration::from_secs(30)),
+                stale_if_error: Some(Duration::from_secs(3600)),
+            }
+        );
+        let plain = &table.find("/x").unwrap().1.freshness;
+        assert_eq!(
+            *plain,
+            FreshnessPolicy {
+                heuristic_max: DEFAULT_HEURISTIC_MAX,
+                ..FreshnessPolicy::with_ttl(DEFAULT_TTL)
+            }
+        );
+        let defaults = parse("[origin]\nurl = \"http://a:1\"\n").unwrap();
+        assert_eq!(defaults.cache.max_variants, DEFAULT_MAX_VARIANTS);
+        let err = parse("[origin]\nurl = \"http://a:1\"\n[cache]\nmax_variants = 0\n").unwrap_err();
+        assert!(err.to_string().contains("max_variants"), "{err}");
     }
 
     #[test]

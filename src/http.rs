@@ -6,6 +6,8 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
+use crate::cache::freshness::{NotStorable, ResponseDirectives};
+
 /// The `Cache-Status` header name (RFC 9211).
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// The `X-Forwarded-For` header name.
@@ -15,12 +17,14 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 /// What corral appends to `Via` in both directions (RFC 9110 §7.6.3).
 pub const VIA_CORRAL: &str = "1.1 corral";
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1)
+/// nor stored (RFC 9111 §3.1: the proxy authentication fields too).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("proxy-authentication-info"),
     header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRAILER,
@@ -92,57 +96,40 @@ pub fn request_pass_reason(method: &Method, headers: &HeaderMap) -> Option<PassR
 /// What a shared cache may do with a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shareability {
-    /// Store it for the route's TTL and hand it to followers.
+    /// Store it and hand it to followers.
     Store,
-    /// Hand it to the clients waiting now, but do not store it (errors, redirects…).
+    /// Hand it to the clients waiting now, but do not store it (errors,
+    /// 404s without negative caching, answers without freshness…).
     ShareOnly,
     /// Only the client whose request fetched it may see it.
     Private,
 }
 
-/// Decides what a shared cache may do with a response to a GET.
+/// Decides what a shared cache may do with a response to a GET, from the
+/// directives of the field that governs it (see [`ResponseDirectives`]) and
+/// the storage verdict of [`crate::cache::freshness::not_storable_reason`].
 ///
-/// Never shared: `Cache-Control: no-store`, `private` or `no-cache` (which would
-/// require revalidation before every reuse), `Set-Cookie`, `Vary: *`.
-/// Stored: shareable 200 responses. Other shareable statuses go to the clients
-/// waiting now and are never stored, so an error is not cached.
-pub fn classify_response(status: StatusCode, headers: &HeaderMap) -> Shareability {
-    if headers.contains_key(header::SET_COOKIE) || vary_is_star(headers) {
-        return Shareability::Private;
-    }
-    let forbids_sharing = cache_control_directives(headers).any(|(name, _)| {
-        name.eq_ignore_ascii_case("no-store")
-            || name.eq_ignore_ascii_case("private")
-            || name.eq_ignore_ascii_case("no-cache")
-    });
-    if forbids_sharing {
+/// Never shared with another client: `no-store`, `private` (either form),
+/// `Set-Cookie`, `Vary: *`. Otherwise stored when storable, else handed only
+/// to the clients waiting for this very fetch. A `no-cache` response is
+/// shared with those: it left the origin after they asked, which is all a
+/// validation would tell them (later requests revalidate it).
+pub fn shareability(
+    headers: &HeaderMap,
+    directives: &ResponseDirectives,
+    not_storable: Option<NotStorable>,
+) -> Shareability {
+    let never_shared = directives.no_store
+        || directives.private.is_some()
+        || headers.contains_key(header::SET_COOKIE)
+        || vary_is_star(headers);
+    if never_shared {
         Shareability::Private
-    } else if status == StatusCode::OK {
+    } else if not_storable.is_none() {
         Shareability::Store
     } else {
         Shareability::ShareOnly
     }
-}
-
-/// Iterates `Cache-Control` directives as `(name, argument)`, across repeated
-/// header lines; quoted arguments are unquoted; a value that is not visible
-/// ASCII is skipped.
-pub fn cache_control_directives(headers: &HeaderMap) -> impl Iterator<Item = (&str, Option<&str>)> {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|directive| {
-            let directive = directive.trim();
-            if directive.is_empty() {
-                return None;
-            }
-            Some(match directive.split_once('=') {
-                Some((name, arg)) => (name.trim(), Some(arg.trim().trim_matches('"'))),
-                None => (directive, None),
-            })
-        })
 }
 
 fn vary_is_star(headers: &HeaderMap) -> bool {
@@ -171,6 +158,66 @@ pub fn cache_key(host: &str, path_and_query: &str) -> String {
     key
 }
 
+/// The path and query a `Location` or `Content-Location` value names on the
+/// request's own origin, resolved against `request_path`, or `None` when it
+/// names another origin (or is not a URI). RFC 9111 §4.4 lets a cache
+/// invalidate only URIs on the same origin as the request. Dot segments are
+/// not resolved.
+pub fn same_origin_path(host: &str, request_path: &str, target: &str) -> Option<String> {
+    let target = target.trim();
+    if target.is_empty() {
+        return None;
+    }
+    let scheme_end = target.find(':').filter(|&at| {
+        let scheme = &target[..at];
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    let network_path = match scheme_end {
+        Some(at) if target[..at].eq_ignore_ascii_case("http") => {
+            Some(target[at + 1..].strip_prefix("//")?)
+        }
+        Some(_) => return None,
+        None => target.strip_prefix("//"),
+    };
+    if let Some(rest) = network_path {
+        let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+        return authority
+            .eq_ignore_ascii_case(host)
+            .then(|| absolute_path(path));
+    }
+    if target.starts_with('/') {
+        return Some(absolute_path(target));
+    }
+    // A relative path: next to the request's last segment.
+    let directory = &request_path[..request_path.rfind('/').map_or(0, |at| at + 1)];
+    let relative = target.split('#').next().unwrap_or("");
+    Some(format!("{directory}{relative}"))
+}
+
+/// `path` (which may be empty or start with `?`) as an absolute path, without
+/// a fragment.
+fn absolute_path(path: &str) -> String {
+    let path = path.split('#').next().unwrap_or("");
+    if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    }
+}
+
+/// Adds a `Date` (now) to a response that lacks one, as a recipient with a
+/// clock must before caching or forwarding it (RFC 9110 §6.6.1).
+pub fn ensure_date(headers: &mut HeaderMap, now: std::time::SystemTime) {
+    if !headers.contains_key(header::DATE)
+        && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+    {
+        headers.insert(header::DATE, date);
+    }
+}
+
 /// Appends `value` to a comma-separated list header, creating it if absent.
 pub fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
     let combined = match headers.get(name).and_then(|v| v.to_str().ok()) {
@@ -191,6 +238,13 @@ pub enum CacheOutcome {
     Miss,
     /// This request waited on another request's fetch and got its answer.
     Coalesced,
+    /// A stored response could not be reused as it was (stale, or the client
+    /// asked for validation), so the origin was asked: conditionally when it
+    /// has a validator. Counted as a miss, or as coalesced for followers.
+    Revalidated {
+        /// Whether this request waited on another request's revalidation.
+        collapsed: bool,
+    },
     /// Served from the hot cache past its freshness, without the origin.
     Stale(StaleReason),
     /// Sent to the origin without caching or coalescing.
@@ -204,8 +258,8 @@ impl CacheOutcome {
     pub fn label(self) -> &'static str {
         match self {
             CacheOutcome::Hit => "hit",
-            CacheOutcome::Miss => "miss",
-            CacheOutcome::Coalesced => "coalesced",
+            CacheOutcome::Miss | CacheOutcome::Revalidated { collapsed: false } => "miss",
+            CacheOutcome::Coalesced | CacheOutcome::Revalidated { collapsed: true } => "coalesced",
             CacheOutcome::Stale(_) => "stale",
             CacheOutcome::Pass(_) => "pass",
             CacheOutcome::Error => "error",
@@ -222,6 +276,12 @@ pub enum StaleReason {
     RetryAfter,
     /// The origin is at its concurrency limit and its queue is full or too slow.
     Overloaded,
+    /// Within its stale-while-revalidate window: one background request is
+    /// refreshing it (RFC 5861 §3).
+    WhileRevalidate,
+    /// Within its stale-if-error window, and the origin failed, timed out or
+    /// answered 5xx (RFC 5861 §4).
+    IfError,
 }
 
 impl StaleReason {
@@ -231,6 +291,8 @@ impl StaleReason {
             StaleReason::CircuitOpen => "stale-circuit-open",
             StaleReason::RetryAfter => "stale-retry-after",
             StaleReason::Overloaded => "stale-overloaded",
+            StaleReason::WhileRevalidate => "stale-while-revalidate",
+            StaleReason::IfError => "stale-if-error",
         }
     }
 }
@@ -238,9 +300,10 @@ impl StaleReason {
 /// Builds the RFC 9211 `Cache-Status` value for one response.
 ///
 /// `hit` carries the remaining freshness as `ttl`; a leader's miss says `stored`
-/// when it was stored; a follower says `collapsed`; a pass says `fwd=bypass`
-/// with the reason in `detail`; a stale answer is a `hit` whose `detail` says
-/// why it was served stale.
+/// when it was stored; a follower says `collapsed`; a revalidation says
+/// `fwd=stale` with the origin's status (304 when it confirmed the stored
+/// response); a pass says `fwd=bypass` with the reason in `detail`; a stale
+/// answer is a `hit` whose `detail` says why it was served stale.
 pub fn cache_status_value(
     outcome: CacheOutcome,
     fwd_status: Option<StatusCode>,
@@ -254,6 +317,12 @@ pub fn cache_status_value(
         CacheOutcome::Hit => value.push_str("; hit"),
         CacheOutcome::Miss => value.push_str("; fwd=miss"),
         CacheOutcome::Coalesced => value.push_str("; fwd=miss; collapsed"),
+        CacheOutcome::Revalidated { collapsed } => {
+            value.push_str("; fwd=stale");
+            if collapsed {
+                value.push_str("; collapsed");
+            }
+        }
         CacheOutcome::Stale(reason) => {
             value.push_str("; hit; detail=");
             value.push_str(reason.as_str());
@@ -330,51 +399,53 @@ mod tests {
         );
     }
 
+    fn shared(
+        pairs: &[(&'static str, &'static str)],
+        not_storable: Option<NotStorable>,
+    ) -> Shareability {
+        let map = headers(pairs);
+        shareability(&map, &ResponseDirectives::from_headers(&map), not_storable)
+    }
+
     #[test]
-    fn private_no_store_no_cache_set_cookie_and_vary_star_are_never_shared() {
+    fn private_no_store_set_cookie_and_vary_star_are_never_shared() {
         for pairs in [
             &[("cache-control", "private")][..],
             &[("cache-control", "max-age=60, no-store")][..],
-            &[("cache-control", "public"), ("cache-control", "No-Cache")][..],
+            &[
+                ("cache-control", "public"),
+                ("cache-control", "Private=\"x\""),
+            ][..],
+            &[
+                ("cdn-cache-control", "no-store"),
+                ("cache-control", "public"),
+            ][..],
             &[("set-cookie", "id=1")][..],
             &[("vary", "accept, *")][..],
         ] {
-            assert_eq!(
-                classify_response(StatusCode::OK, &headers(pairs)),
-                Shareability::Private,
-                "{pairs:?}"
-            );
+            assert_eq!(shared(pairs, None), Shareability::Private, "{pairs:?}");
         }
     }
 
     #[test]
-    fn shareable_200_is_stored_other_statuses_only_shared() {
-        let plain = headers(&[("cache-control", "public, max-age=\"30\"")]);
+    fn storable_answers_are_stored_others_only_shared() {
+        let plain = [("cache-control", "public, max-age=\"30\"")];
+        assert_eq!(shared(&plain, None), Shareability::Store);
         assert_eq!(
-            classify_response(StatusCode::OK, &plain),
-            Shareability::Store
-        );
-        assert_eq!(
-            classify_response(StatusCode::INTERNAL_SERVER_ERROR, &plain),
+            shared(&plain, Some(NotStorable::Status)),
             Shareability::ShareOnly
         );
-    }
-
-    #[test]
-    fn cache_control_directives_unquote_and_span_lines() {
-        let map = headers(&[
-            ("cache-control", "max-age=\"5\", ,public"),
-            ("cache-control", "s-maxage=9"),
-        ]);
-        let all: Vec<_> = cache_control_directives(&map).collect();
+        // no-cache is revalidated before reuse, but handed to the clients waiting now.
         assert_eq!(
-            all,
-            vec![
-                ("max-age", Some("5")),
-                ("public", None),
-                ("s-maxage", Some("9"))
-            ]
+            shared(&[("cache-control", "no-cache")], None),
+            Shareability::Store
         );
+        // A targeted field decides: Cache-Control's no-store is for browsers.
+        let cdn = [
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+        ];
+        assert_eq!(shared(&cdn, None), Shareability::Store);
     }
 
     #[test]
@@ -412,6 +483,85 @@ mod tests {
             None,
         );
         assert_eq!(stale, "corral; hit; detail=stale-circuit-open");
+    }
+
+    #[test]
+    fn cache_status_names_revalidations_and_stale_reasons() {
+        let revalidated = cache_status_value(
+            CacheOutcome::Revalidated { collapsed: false },
+            Some(StatusCode::NOT_MODIFIED),
+            true,
+            None,
+            None,
+        );
+        assert_eq!(revalidated, "corral; fwd=stale; fwd-status=304; stored");
+        let follower = cache_status_value(
+            CacheOutcome::Revalidated { collapsed: true },
+            Some(StatusCode::OK),
+            false,
+            None,
+            None,
+        );
+        assert_eq!(follower, "corral; fwd=stale; collapsed; fwd-status=200");
+        for (reason, text) in [
+            (
+                StaleReason::WhileRevalidate,
+                "corral; hit; detail=stale-while-revalidate",
+            ),
+            (StaleReason::IfError, "corral; hit; detail=stale-if-error"),
+        ] {
+            let value = cache_status_value(CacheOutcome::Stale(reason), None, false, None, None);
+            assert_eq!(value, text);
+            assert_eq!(CacheOutcome::Stale(reason).label(), "stale");
+        }
+        assert_eq!(
+            CacheOutcome::Revalidated { collapsed: false }.label(),
+            "miss"
+        );
+        assert_eq!(
+            CacheOutcome::Revalidated { collapsed: true }.label(),
+            "coalesced"
+        );
+    }
+
+    #[test]
+    fn same_origin_path_resolves_location_on_the_requests_host_only() {
+        let host = "shop.example:8080";
+        let resolve = |target| same_origin_path(host, "/api/orders/new", target);
+        assert_eq!(resolve("/api/orders/7").as_deref(), Some("/api/orders/7"));
+        assert_eq!(resolve("7?x=1").as_deref(), Some("/api/orders/7?x=1"));
+        assert_eq!(
+            resolve("http://Shop.Example:8080/api/orders/7").as_deref(),
+            Some("/api/orders/7")
+        );
+        assert_eq!(resolve("http://shop.example:8080").as_deref(), Some("/"));
+        assert_eq!(resolve("//shop.example:8080/a").as_deref(), Some("/a"));
+        assert_eq!(resolve("http://other.example/api/orders/7"), None);
+        assert_eq!(resolve("https://shop.example:8080/api/orders/7"), None);
+        assert_eq!(resolve("//other.example/a"), None);
+        assert_eq!(resolve("mailto:a@b"), None);
+        assert_eq!(resolve(""), None);
+    }
+
+    #[test]
+    fn missing_date_is_added_and_a_present_one_kept() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(784_111_777);
+        let mut map = HeaderMap::new();
+        ensure_date(&mut map, at);
+        assert_eq!(map["date"], "Sun, 06 Nov 1994 08:49:37 GMT");
+        ensure_date(&mut map, std::time::SystemTime::now());
+        assert_eq!(map["date"], "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+
+    #[test]
+    fn proxy_authentication_fields_are_never_kept() {
+        let mut map = headers(&[
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authentication-info", "nextnonce=\"x\""),
+            ("etag", "\"v1\""),
+        ]);
+        strip_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 1);
     }
 
     #[test]

@@ -244,8 +244,8 @@ impl RouteMetrics {
 fn status_index(outcome: CacheOutcome) -> usize {
     match outcome {
         CacheOutcome::Hit => 0,
-        CacheOutcome::Miss => 1,
-        CacheOutcome::Coalesced => 2,
+        CacheOutcome::Miss | CacheOutcome::Revalidated { collapsed: false } => 1,
+        CacheOutcome::Coalesced | CacheOutcome::Revalidated { collapsed: true } => 2,
         CacheOutcome::Stale(_) => 3,
         CacheOutcome::Pass(_) => 4,
         CacheOutcome::Error => 5,

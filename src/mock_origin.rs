@@ -47,6 +47,20 @@ pub enum Behaviour {
         /// How many body bytes go out before the break.
         sent: usize,
     },
+    /// Sends the reply's head and the first `sent` bytes of its body, then
+    /// holds the rest until `gate` opens: a response stalled mid-body. The
+    /// head declares the whole `Content-Length` when `declare_length` is
+    /// set; otherwise the body is chunked and its size unknown up front.
+    Stall {
+        /// The reply whose body stalls.
+        reply: Reply,
+        /// How many body bytes go out before the stall.
+        sent: usize,
+        /// The gate the rest of the body waits on.
+        gate: Gate,
+        /// Whether the head carries the body's full `Content-Length`.
+        declare_length: bool,
+    },
     /// Waits until `gate` opens, then behaves as `then`.
     Gated {
         /// The gate the test or demo opens.
@@ -357,6 +371,29 @@ async fn perform(mut behaviour: Behaviour) -> Result<Response<MockBody>, ResetCo
                 return Ok(build(&reply, body));
             }
             Behaviour::Hang => std::future::pending::<()>().await,
+            Behaviour::Stall {
+                reply,
+                sent,
+                gate,
+                declare_length,
+            } => {
+                tokio::time::sleep(reply.delay).await;
+                let split = sent.min(reply.body.len());
+                let (first, rest) = (reply.body.slice(..split), reply.body.slice(split..));
+                let first = futures_util::stream::iter([Ok(Frame::data(first))]);
+                let rest = futures_util::stream::once(async move {
+                    gate.wait().await;
+                    Ok(Frame::data(rest))
+                });
+                let frames = first.chain(rest);
+                let mut response = build(&reply, StreamBody::new(frames).boxed_unsync());
+                if declare_length {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONTENT_LENGTH, reply.body.len().into());
+                }
+                return Ok(response);
+            }
             Behaviour::Reset => return Err(ResetConnection),
             Behaviour::Truncate { reply, sent } => {
                 tokio::time::sleep(reply.delay).await;

@@ -95,6 +95,7 @@ fn restart_only_changes(current: &Config, next: &Config) -> Vec<String> {
     }
     if current.cache.max_size != next.cache.max_size
         || current.cache.max_object_size != next.cache.max_object_size
+        || current.cache.max_variants != next.cache.max_variants
     {
         ignored.push("cache sizes changed (restart to apply)".to_owned());
     }

@@ -19,6 +19,10 @@ pub enum ProxyError {
     /// The request waited on another request's fetch longer than `lock_timeout`.
     #[error("timed out waiting for the in-flight fetch of this key")]
     LockTimeout,
+    /// The client sent `Cache-Control: only-if-cached` and nothing stored
+    /// could answer it (RFC 9111 §5.2.1.7): 504, the origin untouched.
+    #[error("only-if-cached and nothing usable is stored")]
+    NotCached,
     /// The fetch task ended without an answer (it panicked), repeatedly.
     #[error("the fetch for this key ended without an answer")]
     FetchLost,
@@ -54,7 +58,7 @@ impl ProxyError {
             ProxyError::Origin(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Origin(e) if e.is_refusal() => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Origin(_) | ProxyError::FetchLost => StatusCode::BAD_GATEWAY,
-            ProxyError::LockTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::LockTimeout | ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
@@ -76,6 +80,7 @@ impl ProxyError {
         match self {
             ProxyError::Origin(e) => e.label(),
             ProxyError::LockTimeout => "lock-timeout",
+            ProxyError::NotCached => "only-if-cached",
             ProxyError::FetchLost => "fetch-lost",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::ConnectRefused => "method-not-allowed",
@@ -91,6 +96,7 @@ impl ProxyError {
         let status = self.status();
         match &self {
             ProxyError::BadRequest(_)
+            | ProxyError::NotCached
             | ProxyError::ConnectRefused
             | ProxyError::MisdirectedRequest
             | ProxyError::HeadersTooLarge { .. }

@@ -9,13 +9,14 @@ mod error;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyDataStream, BodyExt, StreamBody};
 use prometheus_client::metrics::gauge::Gauge;
@@ -26,19 +27,23 @@ use admission::Admission;
 pub use body::{BoxError, ProxyBody};
 pub use error::ProxyError;
 
-use crate::cache::{CachedResponse, HotCache, PassMarks, Variant};
+use crate::cache::freshness::{
+    self, CORRAL_CACHE_CONTROL, RequestDirectives, ResponseDirectives, Reuse,
+};
+use crate::cache::{CachedResponse, HotCache, NO_REQUEST_DIRECTIVES, PassMarks, Timing, Variant};
 use crate::coalesce::{FlightMap, Join, Leader, WaitError};
 use crate::config::{Config, Route, RouteTable};
 use crate::http::{
     CACHE_STATUS, CacheOutcome, PassReason, Shareability, StaleReason, VIA_CORRAL, X_FORWARDED_FOR,
-    X_FORWARDED_PROTO, append_to_list, cache_key, cache_status_value, classify_response,
-    request_pass_reason, strip_hop_by_hop, vary_names,
+    X_FORWARDED_PROTO, append_to_list, cache_key, cache_status_value, ensure_date,
+    request_pass_reason, same_origin_path, shareability, strip_hop_by_hop, vary_names,
 };
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::origin::{OriginClient, OriginError, OriginResponse, Refusal};
 
-/// How many times a request re-joins a key whose leader vanished (or fetched
-/// another variant) before giving up with 502.
+/// How many times a request re-joins a key whose leader vanished before
+/// giving up with 502. (Re-joining after a leader fetched another variant is
+/// bounded by the follower's deadline instead.)
 const MAX_ELECTIONS: usize = 3;
 
 /// Most keys remembered as hit-for-pass at once.
@@ -64,6 +69,10 @@ pub enum FlightOutcome {
         response: Arc<CachedResponse>,
         /// Whether it was also stored in the hot cache.
         stored: bool,
+        /// What the origin answered: 304 when it confirmed a stored response.
+        fwd_status: StatusCode,
+        /// Whether the fetch revalidated a stored response.
+        revalidated: bool,
     },
     /// The answer may not be shared; each follower must fetch for itself.
     Unshareable,
@@ -76,6 +85,8 @@ enum LeaderOutcome {
     Shared {
         response: Arc<CachedResponse>,
         stored: bool,
+        fwd_status: StatusCode,
+        revalidated: bool,
     },
     Private(Response<ProxyBody>),
     Failed(Arc<OriginError>),
@@ -143,9 +154,13 @@ impl Proxy {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, reqwest::Error> {
         let origin = OriginClient::new(&config.origin, &metrics)?;
         let evictions = metrics.cache_evictions.clone();
-        let cache = HotCache::new(config.cache.max_size.as_u64(), move || {
-            evictions.inc();
-        });
+        let cache = HotCache::new(
+            config.cache.max_size.as_u64(),
+            config.cache.max_variants,
+            move || {
+                evictions.inc();
+            },
+        );
         let max_object_size =
             usize::try_from(config.cache.max_object_size.as_u64()).unwrap_or(usize::MAX);
         Ok(Proxy {
@@ -245,6 +260,7 @@ impl Proxy {
                         CacheOutcome::Error,
                     )
                 } else {
+                    self.invalidate_after_unsafe(&parts, &relayed.0);
                     relayed
                 }
             }
@@ -257,7 +273,8 @@ impl Proxy {
         response
     }
 
-    /// GET or HEAD on a caching route: hit, follow, or lead a fetch.
+    /// GET or HEAD on a caching route: hit, serve stale while revalidating,
+    /// follow, or lead a fetch.
     async fn serve_cacheable(
         &self,
         parts: Parts,
@@ -266,14 +283,30 @@ impl Proxy {
         client: SocketAddr,
     ) -> (Response<ProxyBody>, CacheOutcome) {
         let state = &self.state;
-        let head = parts.method == Method::HEAD;
         let key = cache_key(request_host(&parts), path_and_query(&parts));
+        // Parsed only when the client says something: a plain hit parses nothing.
+        let parsed = request_directives(&parts.headers);
+        let wishes = parsed.as_ref().unwrap_or(&NO_REQUEST_DIRECTIVES);
         let now = Instant::now();
-        if let Some(entry) = self.fresh_entry(&key, &parts.headers, now) {
-            return (
-                respond_from_entry(&entry, CacheOutcome::Hit, false, head, now),
-                CacheOutcome::Hit,
-            );
+        if let Some(entry) = state.cache.select(&key, &parts.headers) {
+            match entry.reuse(now, wishes, &route.freshness) {
+                Reuse::Fresh => return hit(&entry, &parts, now),
+                Reuse::Stale {
+                    may_serve_while_revalidate: true,
+                    ..
+                } => {
+                    self.refresh_in_background(&key, &entry, &parts, route, route_metrics, client);
+                    let outcome = CacheOutcome::Stale(StaleReason::WhileRevalidate);
+                    let response = respond_from_entry(&entry, outcome, None, false, &parts, now);
+                    return (response, outcome);
+                }
+                Reuse::Stale { .. } => {}
+            }
+        }
+        if wishes.only_if_cached {
+            let refused =
+                ProxyError::NotCached.into_response(CacheOutcome::Error, parts.uri.path());
+            return (refused, CacheOutcome::Error);
         }
         if state.pass_marks.is_marked(&key, now) {
             let body = reqwest::Body::from(Bytes::new());
@@ -289,24 +322,27 @@ impl Proxy {
                 .await;
         }
         let deadline = now + route.lock_timeout;
-        for _ in 0..MAX_ELECTIONS {
+        let mut abandoned = 0;
+        while abandoned < MAX_ELECTIONS {
             match state.flights.join(key.clone()) {
                 Join::Leader(leader) => {
                     // The previous flight may have stored its answer between our
                     // lookup and our join: look again before going to the origin.
                     let now = Instant::now();
-                    if let Some(entry) = self.fresh_entry(&key, &parts.headers, now) {
+                    let stored = state.cache.select(&key, &parts.headers);
+                    if let Some(entry) = &stored
+                        && entry.reuse(now, wishes, &route.freshness) == Reuse::Fresh
+                    {
                         leader.complete(FlightOutcome::Shared {
-                            response: Arc::clone(&entry),
+                            response: Arc::clone(entry),
                             stored: true,
+                            fwd_status: entry.status,
+                            revalidated: false,
                         });
-                        return (
-                            respond_from_entry(&entry, CacheOutcome::Hit, false, head, now),
-                            CacheOutcome::Hit,
-                        );
+                        return hit(entry, &parts, now);
                     }
                     return self
-                        .lead(leader, &parts, route, route_metrics, client)
+                        .lead(leader, &parts, route, route_metrics, client, stored, wishes)
                         .await;
                 }
                 Join::Follower(follower) => {
@@ -315,19 +351,39 @@ impl Proxy {
                         let _waiting = GaugeGuard::new(&state.metrics.followers_waiting);
                         follower.wait(deadline).await
                     };
-                    let outcome = CacheOutcome::Coalesced;
                     match waited {
-                        Ok(FlightOutcome::Shared { response, .. })
-                            if response.variant.matches(&parts.headers) =>
-                        {
+                        Ok(FlightOutcome::Shared {
+                            response,
+                            stored: _,
+                            fwd_status,
+                            revalidated,
+                        }) if response.variant.matches(&parts.headers) => {
+                            let outcome = if revalidated {
+                                CacheOutcome::Revalidated { collapsed: true }
+                            } else {
+                                CacheOutcome::Coalesced
+                            };
+                            if response.status.is_server_error()
+                                && let Some(stale) =
+                                    self.stale_if_error(&key, &parts, wishes, route)
+                            {
+                                return stale;
+                            }
                             let now = Instant::now();
-                            return (
-                                respond_from_entry(&response, outcome, false, head, now),
+                            let response = respond_from_entry(
+                                &response,
                                 outcome,
+                                Some(fwd_status),
+                                false,
+                                &parts,
+                                now,
                             );
+                            return (response, outcome);
                         }
-                        // The leader fetched another variant: elect again for ours.
-                        Ok(FlightOutcome::Shared { .. }) | Err(WaitError::Abandoned) => continue,
+                        // The leader fetched another variant: elect again for ours
+                        // (once its slot is gone).
+                        Ok(FlightOutcome::Shared { .. }) => tokio::task::yield_now().await,
+                        Err(WaitError::Abandoned) => abandoned += 1,
                         Ok(FlightOutcome::Unshareable) => {
                             let body = reqwest::Body::from(Bytes::new());
                             return self
@@ -342,9 +398,15 @@ impl Proxy {
                                 .await;
                         }
                         Ok(FlightOutcome::Failed(error)) => {
-                            return self.failed(&key, &parts, error, outcome);
+                            let outcome = CacheOutcome::Coalesced;
+                            return self.failed(&key, &parts, error, outcome, wishes, route);
                         }
                         Err(WaitError::TimedOut) => {
+                            // Invariant 6: stale content if the origin allows it, else 504.
+                            if let Some(stale) = self.stale_if_error(&key, &parts, wishes, route) {
+                                return stale;
+                            }
+                            let outcome = CacheOutcome::Coalesced;
                             return (
                                 ProxyError::LockTimeout.into_response(outcome, parts.uri.path()),
                                 CacheOutcome::Error,
@@ -360,51 +422,110 @@ impl Proxy {
         )
     }
 
-    /// A stored entry for `key` that is fresh at `now` and matches the request's variant.
-    fn fresh_entry(
+    /// Starts one background refresh of the stale `entry` under `key`, unless
+    /// a fetch for the key is already under way (it will refresh it) or the
+    /// entry was replaced since it was looked up. Nobody waits for it.
+    fn refresh_in_background(
         &self,
         key: &str,
-        request: &HeaderMap,
-        now: Instant,
-    ) -> Option<Arc<CachedResponse>> {
-        self.state
-            .cache
-            .get(key)
-            .filter(|entry| entry.is_fresh(now) && entry.variant.matches(request))
+        entry: &Arc<CachedResponse>,
+        parts: &Parts,
+        route: &Route,
+        route_metrics: &RouteMetrics,
+        client: SocketAddr,
+    ) {
+        let Join::Leader(leader) = self.state.flights.join(key.to_owned()) else {
+            return;
+        };
+        let current = self.state.cache.select(key, &parts.headers);
+        if !current.is_some_and(|current| Arc::ptr_eq(&current, entry)) {
+            // Refreshed (or removed) between the lookup and the join.
+            return;
+        }
+        let fill = Fill::new(
+            &self.state,
+            parts,
+            route,
+            route_metrics,
+            client,
+            Some(Arc::clone(entry)),
+        );
+        tokio::spawn(fill.run(Publish {
+            leader,
+            answer: None,
+        }));
     }
 
-    /// Answers a request whose fetch failed: with the stored entry, however
-    /// stale, when the origin was not contacted to protect it (breaker open,
-    /// `Retry-After`, overload) and the entry is still held; else with the error.
+    /// The stored variant for this request, if the client and the origin allow
+    /// it to be served because the origin failed or answered 5xx
+    /// (stale-if-error), rendered.
+    fn stale_if_error(
+        &self,
+        key: &str,
+        parts: &Parts,
+        wishes: &RequestDirectives,
+        route: &Route,
+    ) -> Option<(Response<ProxyBody>, CacheOutcome)> {
+        let now = Instant::now();
+        let entry = self.state.cache.select(key, &parts.headers)?;
+        let allowed = matches!(
+            entry.reuse(now, wishes, &route.freshness),
+            Reuse::Fresh
+                | Reuse::Stale {
+                    may_serve_if_error: true,
+                    ..
+                }
+        );
+        allowed.then(|| {
+            let outcome = CacheOutcome::Stale(StaleReason::IfError);
+            let response = respond_from_entry(&entry, outcome, None, false, parts, now);
+            (response, outcome)
+        })
+    }
+
+    /// Answers a request whose fetch failed: with the stored variant when the
+    /// origin was not contacted to protect it (breaker open, `Retry-After`,
+    /// overload) and the origin did not forbid stale use, however stale; when
+    /// it failed (error, timeout) within the variant's stale-if-error window;
+    /// else with the error.
     fn failed(
         &self,
         key: &str,
         parts: &Parts,
         error: Arc<OriginError>,
         outcome: CacheOutcome,
+        wishes: &RequestDirectives,
+        route: &Route,
     ) -> (Response<ProxyBody>, CacheOutcome) {
-        let stale = stale_reason(&error).and_then(|reason| {
-            let entry = self.state.cache.get(key)?;
-            entry
-                .variant
-                .matches(&parts.headers)
-                .then_some((entry, CacheOutcome::Stale(reason)))
-        });
-        match stale {
-            Some((entry, stale)) => {
-                let head = parts.method == Method::HEAD;
-                let response = respond_from_entry(&entry, stale, false, head, Instant::now());
-                (response, stale)
-            }
-            None => (
+        let refused = stale_reason(&error);
+        let stale = match refused {
+            Some(reason) => self
+                .state
+                .cache
+                .select(key, &parts.headers)
+                .filter(|entry| entry.may_serve_disconnected())
+                .map(|entry| {
+                    let stale = CacheOutcome::Stale(reason);
+                    let now = Instant::now();
+                    (
+                        respond_from_entry(&entry, stale, None, false, parts, now),
+                        stale,
+                    )
+                }),
+            None => self.stale_if_error(key, parts, wishes, route),
+        };
+        stale.unwrap_or_else(|| {
+            (
                 ProxyError::Origin(error).into_response(outcome, parts.uri.path()),
                 CacheOutcome::Error,
-            ),
-        }
+            )
+        })
     }
 
     /// Spawns the fetch as its own task (so this client leaving cannot cancel
-    /// it) and waits for the answer meant for this client.
+    /// it) and waits for the answer meant for this client. `stored` is the
+    /// variant this request found unusable as it was: the fetch revalidates it.
+    #[allow(clippy::too_many_arguments)]
     async fn lead(
         &self,
         leader: Leader<String, FlightOutcome>,
@@ -412,42 +533,75 @@ impl Proxy {
         route: &Route,
         route_metrics: &RouteMetrics,
         client: SocketAddr,
+        stored: Option<Arc<CachedResponse>>,
+        wishes: &RequestDirectives,
     ) -> (Response<ProxyBody>, CacheOutcome) {
         let (answer, answered) = oneshot::channel();
         let key = leader.key().clone();
-        let fill = Fill {
-            state: Arc::clone(&self.state),
+        let fill = Fill::new(&self.state, parts, route, route_metrics, client, stored);
+        tokio::spawn(fill.run(Publish {
             leader,
-            path_and_query: path_and_query(parts).to_owned(),
-            origin_headers: forward_headers(
-                &parts.headers,
-                client,
-                true,
-                preserved_host(parts, Some(route)),
-            ),
-            request_headers: parts.headers.clone(),
-            route: route.clone(),
-            route_metrics: route_metrics.clone(),
-        };
-        tokio::spawn(fill.run(answer));
+            answer: Some(answer),
+        }));
         let head = parts.method == Method::HEAD;
-        let outcome = CacheOutcome::Miss;
         match answered.await {
-            Ok(LeaderOutcome::Shared { response, stored }) => (
-                respond_from_entry(&response, outcome, stored, head, Instant::now()),
-                outcome,
-            ),
+            Ok(LeaderOutcome::Shared {
+                response,
+                stored,
+                fwd_status,
+                revalidated,
+            }) => {
+                let outcome = if revalidated {
+                    CacheOutcome::Revalidated { collapsed: false }
+                } else {
+                    CacheOutcome::Miss
+                };
+                if response.status.is_server_error()
+                    && let Some(stale) = self.stale_if_error(&key, parts, wishes, route)
+                {
+                    return stale;
+                }
+                let now = Instant::now();
+                let rendered =
+                    respond_from_entry(&response, outcome, Some(fwd_status), stored, parts, now);
+                (rendered, outcome)
+            }
             Ok(LeaderOutcome::Private(mut response)) => {
                 if head {
                     *response.body_mut() = ProxyBody::empty();
                 }
-                (response, outcome)
+                (response, CacheOutcome::Miss)
             }
-            Ok(LeaderOutcome::Failed(error)) => self.failed(&key, parts, error, outcome),
+            Ok(LeaderOutcome::Failed(error)) => {
+                self.failed(&key, parts, error, CacheOutcome::Miss, wishes, route)
+            }
             Err(_fill_task_died) => (
-                ProxyError::FetchLost.into_response(outcome, parts.uri.path()),
+                ProxyError::FetchLost.into_response(CacheOutcome::Miss, parts.uri.path()),
                 CacheOutcome::Error,
             ),
+        }
+    }
+
+    /// After a successful (2xx or 3xx) answer to an unsafe request, removes
+    /// what is stored for its URL, and for its `Location` and
+    /// `Content-Location` when they are on the same host (RFC 9111 §4.4).
+    fn invalidate_after_unsafe(&self, parts: &Parts, response: &Response<ProxyBody>) {
+        let status = response.status();
+        if parts.method.is_safe() || !(status.is_success() || status.is_redirection()) {
+            return;
+        }
+        let cache = &self.state.cache;
+        let host = request_host(parts);
+        cache.invalidate(&cache_key(host, path_and_query(parts)));
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let target = response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|target| same_origin_path(host, parts.uri.path(), target));
+            if let Some(path) = target {
+                cache.invalidate(&cache_key(host, &path));
+            }
         }
     }
 
@@ -505,70 +659,226 @@ impl Proxy {
     }
 }
 
-/// One cache fill, run as its own task. Owns the flight's [`Leader`]: however
-/// the task ends (answer, error, panic), the slot is removed.
+/// The request's cache directives, parsed only when it carries
+/// `Cache-Control` or `Pragma`.
+fn request_directives(headers: &HeaderMap) -> Option<RequestDirectives> {
+    (headers.contains_key(header::CACHE_CONTROL) || headers.contains_key(header::PRAGMA))
+        .then(|| RequestDirectives::from_headers(headers))
+}
+
+/// A fresh stored response, rendered for this request.
+fn hit(entry: &CachedResponse, parts: &Parts, now: Instant) -> (Response<ProxyBody>, CacheOutcome) {
+    let outcome = CacheOutcome::Hit;
+    (
+        respond_from_entry(entry, outcome, None, false, parts, now),
+        outcome,
+    )
+}
+
+/// Where a fill's result goes: the flight's followers, and the leader's own
+/// client when there is one (not for a background refresh).
+struct Publish {
+    leader: Leader<String, FlightOutcome>,
+    answer: Option<oneshot::Sender<LeaderOutcome>>,
+}
+
+impl Publish {
+    fn key(&self) -> &String {
+        self.leader.key()
+    }
+
+    /// Hands a complete response to the followers and the leader's client.
+    fn shared(
+        self,
+        response: Arc<CachedResponse>,
+        stored: bool,
+        fwd_status: StatusCode,
+        revalidated: bool,
+    ) {
+        self.leader.complete(FlightOutcome::Shared {
+            response: Arc::clone(&response),
+            stored,
+            fwd_status,
+            revalidated,
+        });
+        if let Some(answer) = self.answer {
+            let _ = answer.send(LeaderOutcome::Shared {
+                response,
+                stored,
+                fwd_status,
+                revalidated,
+            });
+        }
+    }
+
+    /// The origin failed: nothing is stored, every waiter gets the error.
+    fn failed(self, error: OriginError) {
+        let error = Arc::new(error);
+        self.leader
+            .complete(FlightOutcome::Failed(Arc::clone(&error)));
+        if let Some(answer) = self.answer {
+            let _ = answer.send(LeaderOutcome::Failed(error));
+        }
+    }
+}
+
+/// One cache fill, run as its own task. Its [`Publish`] owns the flight's
+/// [`Leader`]: however the task ends (answer, error, panic), the slot is removed.
 struct Fill {
     state: Arc<ProxyState>,
-    leader: Leader<String, FlightOutcome>,
     path_and_query: String,
     origin_headers: HeaderMap,
     request_headers: HeaderMap,
     route: Route,
     route_metrics: RouteMetrics,
+    /// The stored variant this fill replaces, if any: revalidated with a
+    /// conditional request when it has a validator.
+    stale: Option<Arc<CachedResponse>>,
 }
 
 impl Fill {
-    async fn run(self, answer: oneshot::Sender<LeaderOutcome>) {
-        let Fill {
-            state,
-            leader,
-            path_and_query,
-            origin_headers,
-            request_headers,
-            route,
-            route_metrics,
-        } = self;
+    fn new(
+        state: &Arc<ProxyState>,
+        parts: &Parts,
+        route: &Route,
+        route_metrics: &RouteMetrics,
+        client: SocketAddr,
+        stale: Option<Arc<CachedResponse>>,
+    ) -> Fill {
+        Fill {
+            state: Arc::clone(state),
+            path_and_query: path_and_query(parts).to_owned(),
+            origin_headers: forward_headers(
+                &parts.headers,
+                client,
+                true,
+                preserved_host(parts, Some(route)),
+            ),
+            request_headers: parts.headers.clone(),
+            route: route.clone(),
+            route_metrics: route_metrics.clone(),
+            stale,
+        }
+    }
+
+    async fn run(self, publish: Publish) {
+        let state = Arc::clone(&self.state);
         let _in_flight = GaugeGuard::new(&state.metrics.flights_in_progress);
-        let started = Instant::now();
+        let policy = &self.route.freshness;
+        let mut revalidating = self.stale.as_ref().filter(|stale| stale.has_validator);
+        // A stale variant without a validator is simply fetched again (a miss).
+        let revalidation = revalidating.is_some();
+        loop {
+            let mut headers = self.origin_headers.clone();
+            if let Some(stored) = revalidating {
+                headers.extend(freshness::conditional_headers(&stored.headers));
+            }
+            let (response, timing) = match self.fetch(headers).await {
+                Ok(fetched) => fetched,
+                Err(error) => return publish.failed(error),
+            };
+            let Some(stored) = revalidating.take() else {
+                return self.complete(response, timing, revalidation, publish).await;
+            };
+            if response.status() != StatusCode::NOT_MODIFIED {
+                return self.complete(response, timing, revalidation, publish).await;
+            }
+            if freshness::not_modified_applies(&stored.origin_headers(), response.headers()) {
+                let entry =
+                    stored.freshened(response.headers(), &self.request_headers, timing, policy);
+                let verdict = freshness::not_storable_reason(
+                    &Method::GET,
+                    &self.request_headers,
+                    entry.status,
+                    &entry.origin_headers(),
+                    &entry.directives,
+                    policy,
+                );
+                if verdict.is_none() {
+                    let entry = Arc::new(entry);
+                    self.store(publish.key(), &entry);
+                    return publish.shared(entry, true, StatusCode::NOT_MODIFIED, true);
+                }
+                // The 304 made the stored response unstorable: drop it.
+                state.cache.remove_variant(publish.key(), stored);
+            }
+            // Not this response's 304 (or no longer storable): fetch it whole.
+        }
+    }
+
+    /// Sends the fill's GET with `headers`, counting it; the response head
+    /// comes back with hop-by-hop fields removed, `Via` added, and a `Date`
+    /// when it had none.
+    async fn fetch(&self, headers: HeaderMap) -> Result<(OriginResponse, Timing), OriginError> {
+        let state = &self.state;
+        let request_time = Instant::now();
         let fetched = state
             .origin
-            .fetch(&path_and_query, origin_headers, &route)
+            .fetch(&self.path_and_query, headers, &self.route)
             .await;
         if !fetched.as_ref().is_err_and(OriginError::is_refusal) {
             state
                 .metrics
                 .origin_duration
-                .observe(started.elapsed().as_secs_f64());
+                .observe(request_time.elapsed().as_secs_f64());
         }
         let mut response = match fetched {
             Ok(response) => response,
             Err(error) => {
                 if !error.is_refusal() {
-                    state.metrics.origin_request(&route_metrics, error.label());
+                    state
+                        .metrics
+                        .origin_request(&self.route_metrics, error.label());
                 }
-                return fail(leader, answer, error);
+                return Err(error);
             }
         };
-        let status = response.status();
+        let received_at = SystemTime::now();
+        let timing = Timing::new(request_time, Instant::now(), received_at);
         state
             .metrics
-            .origin_request(&route_metrics, status.as_str());
-        let mut headers = std::mem::take(response.headers_mut());
-        strip_hop_by_hop(&mut headers);
-        append_to_list(&mut headers, &header::VIA, VIA_CORRAL);
-        *response.headers_mut() = headers;
+            .origin_request(&self.route_metrics, response.status().as_str());
+        let headers = response.headers_mut();
+        strip_hop_by_hop(headers);
+        append_to_list(headers, &header::VIA, VIA_CORRAL);
+        ensure_date(headers, received_at);
+        Ok((response, timing))
+    }
 
-        let shareability = classify_response(status, response.headers());
+    /// Reads a whole response (not a 304 for a revalidation) and publishes it:
+    /// stored when it may be, shared with the followers when it may be,
+    /// streamed to the leader's client alone otherwise. `revalidation` says
+    /// whether it answers (or follows) a conditional request.
+    async fn complete(
+        self,
+        mut response: OriginResponse,
+        timing: Timing,
+        revalidation: bool,
+        publish: Publish,
+    ) {
+        let state = &self.state;
+        let status = response.status();
+        let directives = ResponseDirectives::from_headers(response.headers());
+        let verdict = freshness::not_storable_reason(
+            &Method::GET,
+            &self.request_headers,
+            status,
+            response.headers(),
+            &directives,
+            &self.route.freshness,
+        );
+        let shareability = shareability(response.headers(), &directives, verdict);
         let declared_too_large = response
             .content_length()
             .is_some_and(|len| len > state.max_object_size as u64);
         if shareability == Shareability::Private || declared_too_large {
+            self.forget_stale(publish.key(), status);
             let detail = if declared_too_large {
                 "too-large"
             } else {
                 "unshareable"
             };
-            return release(&state, leader, answer, &route, response, Vec::new(), detail);
+            return release(state, publish, &self.route, response, Vec::new(), detail);
         }
 
         let mut chunks: Vec<Bytes> = Vec::new();
@@ -579,49 +889,55 @@ impl Fill {
                     received += chunk.len();
                     chunks.push(chunk);
                     if received > state.max_object_size {
-                        return release(
-                            &state,
-                            leader,
-                            answer,
-                            &route,
-                            response,
-                            chunks,
-                            "too-large",
-                        );
+                        self.forget_stale(publish.key(), status);
+                        return release(state, publish, &self.route, response, chunks, "too-large");
                     }
                 }
                 Ok(None) => break,
-                Err(error) => return fail(leader, answer, error),
+                Err(error) => return publish.failed(error),
             }
         }
 
         let mut headers = std::mem::take(response.headers_mut());
+        drop(response);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(received));
-        let variant = Variant::capture(vary_names(&headers), &request_headers);
-        let stored = shareability == Shareability::Store;
-        let now = Instant::now();
-        let entry = Arc::new(CachedResponse {
+        let variant = Variant::capture(vary_names(&headers), &self.request_headers);
+        let entry = Arc::new(CachedResponse::new(
             status,
             headers,
-            body: concat(chunks, received),
-            stored_at: now,
-            fresh_until: if stored { now + route.ttl } else { now },
+            concat(chunks, received),
             variant,
-        });
+            timing,
+            &self.route.freshness,
+        ));
+        let stored = shareability == Shareability::Store;
         if stored {
-            // Stored before the slot goes (in `complete`): a request arriving in
-            // between finds either the slot or the entry, never neither.
-            state.cache.insert(leader.key().clone(), Arc::clone(&entry));
-            state.pass_marks.clear(leader.key());
+            self.store(publish.key(), &entry);
+        } else {
+            self.forget_stale(publish.key(), status);
         }
-        leader.complete(FlightOutcome::Shared {
-            response: Arc::clone(&entry),
-            stored,
-        });
-        let _ = answer.send(LeaderOutcome::Shared {
-            response: entry,
-            stored,
-        });
+        publish.shared(entry, stored, status, revalidation);
+    }
+
+    /// Stores `entry` under `key`. Called before the slot goes (in
+    /// `complete`): a request arriving in between finds either the slot or
+    /// the entry, never neither.
+    fn store(&self, key: &str, entry: &Arc<CachedResponse>) {
+        self.state
+            .cache
+            .insert(key.to_owned(), Arc::clone(entry), &self.request_headers);
+        self.state.pass_marks.clear(key);
+    }
+
+    /// The origin answered the stale variant's request with something that is
+    /// not stored: unless that is a server error (stale-if-error may still
+    /// need it), the stale variant no longer stands for the resource.
+    fn forget_stale(&self, key: &str, status: StatusCode) {
+        if let Some(stale) = &self.stale
+            && !status.is_server_error()
+        {
+            self.state.cache.remove_variant(key, stale);
+        }
     }
 }
 
@@ -638,24 +954,12 @@ fn stale_reason(error: &OriginError) -> Option<StaleReason> {
     }
 }
 
-/// The origin failed: nothing is stored, every waiter gets the error.
-fn fail(
-    leader: Leader<String, FlightOutcome>,
-    answer: oneshot::Sender<LeaderOutcome>,
-    error: OriginError,
-) {
-    let error = Arc::new(error);
-    leader.complete(FlightOutcome::Failed(Arc::clone(&error)));
-    let _ = answer.send(LeaderOutcome::Failed(error));
-}
-
 /// The answer cannot be shared (private, or too large to hold): remember the key
 /// as pass, release the followers to fetch for themselves, and stream the
-/// answer to the leader's client alone.
+/// answer to the leader's client alone (a background refresh drops it).
 fn release(
     state: &ProxyState,
-    leader: Leader<String, FlightOutcome>,
-    answer: oneshot::Sender<LeaderOutcome>,
+    publish: Publish,
     route: &Route,
     response: OriginResponse,
     prefix: Vec<Bytes>,
@@ -663,8 +967,11 @@ fn release(
 ) {
     state
         .pass_marks
-        .mark(leader.key().clone(), Instant::now() + route.hit_for_pass);
-    leader.complete(FlightOutcome::Unshareable);
+        .mark(publish.key().clone(), Instant::now() + route.hit_for_pass);
+    publish.leader.complete(FlightOutcome::Unshareable);
+    let Some(answer) = publish.answer else {
+        return;
+    };
     let status_value = cache_status_value(
         CacheOutcome::Miss,
         Some(response.status()),
@@ -679,8 +986,9 @@ fn release(
     )));
 }
 
-/// Turns an origin response into a client response: hop-by-hop headers removed,
-/// `Via` and `Cache-Status` added, body streamed (after `prefix`, already read).
+/// Turns an origin response into a client response: hop-by-hop headers and
+/// `Corral-Cache-Control` removed, `Via`, `Cache-Status` (and `Date`, when
+/// missing) added, body streamed (after `prefix`, already read).
 fn relay_response(
     response: OriginResponse,
     prefix: Vec<Bytes>,
@@ -689,6 +997,8 @@ fn relay_response(
     let response: Response<reqwest::Body> = response.into();
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(&CORRAL_CACHE_CONTROL);
+    ensure_date(&mut parts.headers, SystemTime::now());
     if !parts
         .headers
         .get_all(header::VIA)
@@ -710,15 +1020,41 @@ fn relay_response(
     Response::from_parts(parts, body)
 }
 
-/// Renders a stored (or just fetched) response for one client.
+/// Renders a stored (or just fetched) response for one client: `Age` and
+/// `Cache-Status` added (a hit's with its remaining freshness, a fetch's with
+/// `fwd_status`), the body left out for HEAD, and a 304 instead when the
+/// client's `If-None-Match` / `If-Modified-Since` matches (RFC 9111 §4.3.2).
 fn respond_from_entry(
     entry: &CachedResponse,
     outcome: CacheOutcome,
+    fwd_status: Option<StatusCode>,
     stored: bool,
-    head: bool,
+    parts: &Parts,
     now: Instant,
 ) -> Response<ProxyBody> {
-    let body = if head {
+    let ttl = (outcome == CacheOutcome::Hit).then(|| entry.ttl_secs(now));
+    let cache_status = cache_status_value(outcome, fwd_status, stored, ttl, None);
+    let age = HeaderValue::from(entry.age_secs(now));
+    let request = &parts.headers;
+    let conditional = request.contains_key(header::IF_NONE_MATCH)
+        || request.contains_key(header::IF_MODIFIED_SINCE);
+    if conditional
+        && freshness::client_not_modified(
+            request,
+            entry.status,
+            &entry.headers,
+            entry.timing.received_at,
+        )
+    {
+        let mut response = Response::new(ProxyBody::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        let mut headers = freshness::not_modified_response_headers(&entry.headers);
+        headers.insert(header::AGE, age);
+        headers.insert(CACHE_STATUS.clone(), cache_status);
+        *response.headers_mut() = headers;
+        return response;
+    }
+    let body = if parts.method == Method::HEAD {
         ProxyBody::empty()
     } else {
         ProxyBody::full(entry.body.clone())
@@ -726,16 +1062,8 @@ fn respond_from_entry(
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
     let mut headers = entry.headers.clone();
-    headers.insert(header::AGE, HeaderValue::from(entry.age_secs(now)));
-    let (fwd_status, ttl) = match outcome {
-        CacheOutcome::Hit => (None, Some(entry.ttl_secs(now))),
-        CacheOutcome::Stale(_) => (None, None),
-        _ => (Some(entry.status), None),
-    };
-    headers.insert(
-        CACHE_STATUS.clone(),
-        cache_status_value(outcome, fwd_status, stored, ttl, None),
-    );
+    headers.insert(header::AGE, age);
+    headers.insert(CACHE_STATUS.clone(), cache_status);
     *response.headers_mut() = headers;
     response
 }
