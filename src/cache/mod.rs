@@ -102,6 +102,30 @@ pub struct CachedResponse {
     corral_cache_control: Vec<HeaderValue>,
 }
 
+/// Copies every header value into its own exact-size allocation. Values parsed
+/// by hyper are slices of the connection's read buffer: stored as they are,
+/// each entry would keep a whole buffer (8 KiB or more) alive, unseen by the
+/// byte budget.
+fn detach(headers: HeaderMap) -> HeaderMap {
+    let mut detached = HeaderMap::with_capacity(headers.len());
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        if let Some(name) = &current {
+            detached.append(name.clone(), detach_value(&value));
+        }
+    }
+    detached
+}
+
+fn detach_value(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
+
 /// Directives that ignore the client's wishes: what a request without
 /// `Cache-Control` or `Pragma` means.
 pub const NO_REQUEST_DIRECTIVES: RequestDirectives = RequestDirectives {
@@ -120,7 +144,7 @@ impl CachedResponse {
     /// `Corral-Cache-Control` is taken out of them here.
     pub fn new(
         status: StatusCode,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
         variant: Variant,
         timing: Timing,
@@ -147,6 +171,7 @@ impl CachedResponse {
             .checked_add(window.saturating_add(EVICTION_GRACE))
             .unwrap_or(fresh_until);
         let has_validator = freshness::has_validator(&headers);
+        let mut headers = detach(headers);
         let corral_cache_control = match headers.entry(&CORRAL_CACHE_CONTROL) {
             http::header::Entry::Occupied(lines) => lines.remove_entry_mult().1.collect(),
             http::header::Entry::Vacant(_) => Vec::new(),
@@ -303,7 +328,7 @@ impl Variant {
         let selecting = vary
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .map(|name| {
-                let values = request.get_all(&name).iter().cloned().collect();
+                let values = request.get_all(&name).iter().map(detach_value).collect();
                 (name, values)
             })
             .collect();
@@ -605,6 +630,19 @@ impl PassMarks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_header_values_never_point_into_the_read_buffer() {
+        let read_buffer = Bytes::from(vec![b'x'; 8192]);
+        let value = HeaderValue::from_maybe_shared(read_buffer.slice(10..20)).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-slice", value.clone());
+        let detached = detach(headers);
+        let stored = detached.get("x-slice").unwrap();
+        assert_eq!(stored, &value);
+        let buffer = read_buffer.as_ptr_range();
+        assert!(!buffer.contains(&stored.as_bytes().as_ptr()));
+    }
 
     fn timing() -> Timing {
         let now = Instant::now();

@@ -7,7 +7,9 @@ mod admission;
 mod body;
 mod error;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -526,7 +528,25 @@ impl Proxy {
     /// it) and waits for the answer meant for this client. `stored` is the
     /// variant this request found unusable as it was: the fetch revalidates it.
     #[allow(clippy::too_many_arguments)]
-    async fn lead(
+    ///
+    /// Boxed: only a leader takes this branch, so its state is kept out of
+    /// the future of every hit and every parked follower.
+    #[allow(clippy::too_many_arguments)]
+    fn lead<'a>(
+        &'a self,
+        leader: Leader<String, FlightOutcome>,
+        parts: &'a Parts,
+        route: &'a Route,
+        route_metrics: &'a RouteMetrics,
+        client: SocketAddr,
+        stored: Option<Arc<CachedResponse>>,
+        wishes: &'a RequestDirectives,
+    ) -> Pin<Box<impl Future<Output = (Response<ProxyBody>, CacheOutcome)> + Send + 'a>> {
+        Box::pin(self.lead_inline(leader, parts, route, route_metrics, client, stored, wishes))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn lead_inline(
         &self,
         leader: Leader<String, FlightOutcome>,
         parts: &Parts,
@@ -606,7 +626,21 @@ impl Proxy {
     }
 
     /// Relays a request to the origin and its answer back, both streamed.
-    async fn pass(
+    ///
+    /// Boxed, like [`Proxy::lead`], to keep hits and followers small.
+    fn pass<'a>(
+        &'a self,
+        parts: &'a Parts,
+        body: reqwest::Body,
+        reason: PassReason,
+        client: SocketAddr,
+        route_metrics: &'a RouteMetrics,
+        route: Option<&'a Route>,
+    ) -> Pin<Box<impl Future<Output = (Response<ProxyBody>, CacheOutcome)> + Send + 'a>> {
+        Box::pin(self.pass_inline(parts, body, reason, client, route_metrics, route))
+    }
+
+    async fn pass_inline(
         &self,
         parts: &Parts,
         body: reqwest::Body,
@@ -1127,10 +1161,11 @@ fn path_and_query(parts: &Parts) -> &str {
     parts.uri.path_and_query().map_or("/", |pq| pq.as_str())
 }
 
+/// Joins a body's chunks into one exact-size allocation. Always a copy, even
+/// for a single chunk: a chunk is a slice of the connection's read buffer, and
+/// storing the slice would keep that whole buffer (8 KiB or more) alive for as
+/// long as the entry, invisible to the cache's byte budget.
 fn concat(chunks: Vec<Bytes>, len: usize) -> Bytes {
-    if chunks.len() == 1 {
-        return chunks.into_iter().next().unwrap_or_default();
-    }
     let mut whole = BytesMut::with_capacity(len);
     for chunk in chunks {
         whole.extend_from_slice(&chunk);
