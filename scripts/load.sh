@@ -118,6 +118,8 @@ max_connections = $((FOLLOWERS + 1000))
 [origin]
 url = "http://127.0.0.1:$STATIC_PORT"
 timeout = "300s"
+first_byte_timeout = "300s"
+request_timeout = "300s"
 
 [cache]
 max_size = "512MiB"
