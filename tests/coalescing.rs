@@ -3,6 +3,8 @@
 //! and bounded follower waits (DESIGN.md invariants 1, 2, 4, 5 and 6).
 mod support;
 
+use support::{Seen, get, spawn_get};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -20,41 +22,6 @@ const ROUTES: &str = "[[route]]\nmatch = \"/\"\nttl = \"60s\"\n";
 /// How long a wait-for-condition loop may take before the test fails. Generous:
 /// other builds may share the machine.
 const WITHIN: Duration = Duration::from_secs(30);
-
-/// Bound on one client request, so a proxy that never answers fails the test
-/// instead of hanging it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What one client saw.
-#[derive(Debug)]
-struct Seen {
-    status: StatusCode,
-    cache_status: String,
-    body: String,
-}
-
-async fn get(client: &reqwest::Client, url: &str) -> Seen {
-    let response = client
-        .get(url)
-        .timeout(REQUEST_TIMEOUT)
-        .send()
-        .await
-        .expect("request reaches corral");
-    let status = response.status();
-    let cache_status = support::cache_status(&response);
-    let body = response.text().await.expect("body arrives whole");
-    Seen {
-        status,
-        cache_status,
-        body,
-    }
-}
-
-fn spawn_get(client: &reqwest::Client, url: &str) -> JoinHandle<Seen> {
-    let client = client.clone();
-    let url = url.to_owned();
-    tokio::spawn(async move { get(&client, &url).await })
-}
 
 /// Spawns `count` GETs that all wait on one barrier, and releases them together.
 async fn burst(client: &reqwest::Client, url: &str, count: usize) -> Vec<JoinHandle<Seen>> {
@@ -133,7 +100,11 @@ async fn concurrent_misses_hit_origin_once() {
     let first = join_all(first_wave).await;
     for seen in &first {
         assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
-        assert_eq!(seen.body, BODY, "every client gets the origin's one answer");
+        assert_eq!(
+            seen.text(),
+            BODY,
+            "every client gets the origin's one answer"
+        );
     }
     let leaders = first
         .iter()
@@ -154,7 +125,7 @@ async fn concurrent_misses_hit_origin_once() {
     let second = join_all(burst(&client, &url, CLIENTS).await).await;
     for seen in &second {
         assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
-        assert_eq!(seen.body, BODY);
+        assert_eq!(seen.text(), BODY);
         assert!(
             is_hit(&seen.cache_status),
             "the second wave is served from cache, got Cache-Status {:?}",
@@ -227,7 +198,7 @@ async fn steady_arrivals_across_the_fill_see_one_origin_request() {
     let (mut leaders, mut collapsed, mut hits) = (0, 0, 0);
     for s in &seen {
         assert_eq!(s.status, StatusCode::OK, "{s:?}");
-        assert_eq!(s.body, "steady");
+        assert_eq!(s.text(), "steady");
         if is_leader_miss(&s.cache_status) {
             leaders += 1;
         } else if is_collapsed(&s.cache_status) {
@@ -293,12 +264,12 @@ async fn leader_client_disconnect_does_not_cancel_the_fetch() {
 
     for seen in join_all(followers).await {
         assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
-        assert_eq!(seen.body, "kept");
+        assert_eq!(seen.text(), "kept");
         assert!(is_collapsed(&seen.cache_status), "{seen:?}");
     }
     let later = get(&client, &url).await;
     assert_eq!(later.status, StatusCode::OK);
-    assert_eq!(later.body, "kept");
+    assert_eq!(later.text(), "kept");
     assert!(
         is_hit(&later.cache_status),
         "the answer fetched for the departed leader is cached, got {:?}",
@@ -341,7 +312,7 @@ async fn slow_key_does_not_stall_other_keys() {
         .collect();
     for seen in join_all(fast).await {
         assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
-        assert_eq!(seen.body, "fast");
+        assert_eq!(seen.text(), "fast");
     }
     let elapsed = started.elapsed();
     println!("key B: {FAST_CLIENTS} requests answered in {elapsed:?} while key A was in flight");
@@ -361,7 +332,7 @@ async fn slow_key_does_not_stall_other_keys() {
     slow_gate.open();
     for seen in join_all(vec![slow_leader, slow_follower]).await {
         assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
-        assert_eq!(seen.body, "slow");
+        assert_eq!(seen.text(), "slow");
     }
     assert_eq!(origin.hits_on("/api/slow"), 1);
     corral.shutdown().await;
@@ -409,7 +380,7 @@ async fn follower_lock_timeout_answers_504_without_going_to_origin() {
     gate.open();
     let led = leader.await.unwrap();
     assert_eq!(led.status, StatusCode::OK, "{led:?}");
-    assert_eq!(led.body, "late");
+    assert_eq!(led.text(), "late");
     let later = get(&client, &url).await;
     assert!(is_hit(&later.cache_status), "{later:?}");
     assert_eq!(origin.hits(), 1);
@@ -458,7 +429,7 @@ async fn follower_client_disconnect_stops_waiting_at_once() {
     gate.open();
     let led = leader.await.unwrap();
     assert_eq!(led.status, StatusCode::OK, "{led:?}");
-    assert_eq!(led.body, "waited");
+    assert_eq!(led.text(), "waited");
     assert_eq!(metrics.flight_followers.get(), 1);
     assert_eq!(origin.hits(), 1);
     corral.shutdown().await;
@@ -474,7 +445,7 @@ async fn head_on_cached_key_returns_headers_without_body() {
 
     let filled = get(&client, &corral.url("/api/doc")).await;
     assert_eq!(filled.status, StatusCode::OK);
-    assert_eq!(filled.body, BODY);
+    assert_eq!(filled.text(), BODY);
     assert_eq!(origin.hits(), 1);
 
     // Read the HEAD answer off the wire: a client library would hide a body.

@@ -3,6 +3,8 @@
 //! (DESIGN.md invariant 3); a broken body is never stored or served whole.
 mod support;
 
+use support::{Seen, get, spawn_get};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,43 +25,8 @@ const WAVE: usize = 5;
 /// Bound on every wait-for-condition; generous for a shared machine.
 const WITHIN: Duration = Duration::from_secs(30);
 
-/// Bound on one client request, so a proxy that never answers fails the test
-/// instead of hanging it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// The healthy answer the origin gives once the scripted failure is over.
 const FRESH: &str = "fresh";
-
-/// What one client saw; `body` is `Err` when the body could not be read whole.
-#[derive(Debug)]
-struct Seen {
-    status: StatusCode,
-    cache_status: String,
-    body: Result<String, String>,
-}
-
-async fn get(client: &reqwest::Client, url: &str) -> Seen {
-    let response = client
-        .get(url)
-        .timeout(REQUEST_TIMEOUT)
-        .send()
-        .await
-        .expect("request reaches corral");
-    let status = response.status();
-    let cache_status = support::cache_status(&response);
-    let body = response.text().await.map_err(|e| format!("{e:?}"));
-    Seen {
-        status,
-        cache_status,
-        body,
-    }
-}
-
-fn spawn_get(client: &reqwest::Client, url: &str) -> JoinHandle<Seen> {
-    let client = client.clone();
-    let url = url.to_owned();
-    tokio::spawn(async move { get(&client, &url).await })
-}
 
 /// Sends one leader, waits until its fetch is at the origin (`origin_hits`
 /// counts the origin's requests), then sends `WAVE - 1` followers and waits
@@ -222,13 +189,13 @@ async fn origin_hang_past_timeout_fails_every_waiter_with_504_and_next_request_r
     let healed = fail_until_healed(&origin, "/api/hang", Behaviour::Hang);
     let corral = support::start(support::config_with_origin(
         &origin,
-        "timeout = \"300ms\"",
+        "timeout = \"1s\"",
         ROUTES,
     ))
     .await;
     let client = support::client();
 
-    // The followers must join within the 300 ms origin timeout; on a very busy
+    // The followers must join within the 1 s origin timeout; on a very busy
     // machine a late one would lead a second (hanging) fetch and fail the count.
     let wave = start_wave(&corral, &|| origin.hits(), &client, "/api/hang").await;
     for seen in join_all(wave).await {

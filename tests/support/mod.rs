@@ -167,3 +167,52 @@ pub fn config_for_url(url: &str, toml: &str) -> Config {
     let text = format!("[origin]\nurl = \"{url}\"\n{toml}");
     Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
 }
+
+/// What one client saw: status, `Cache-Status`, and the body or why it broke.
+#[derive(Debug)]
+pub struct Seen {
+    /// Response status.
+    pub status: reqwest::StatusCode,
+    /// The `Cache-Status` header, or "".
+    pub cache_status: String,
+    /// The whole body, or the error that cut it short.
+    pub body: Result<String, String>,
+}
+
+impl Seen {
+    /// The body, which the caller expects to have arrived whole.
+    pub fn text(&self) -> &str {
+        match &self.body {
+            Ok(body) => body,
+            Err(error) => panic!("body did not arrive whole: {error}"),
+        }
+    }
+}
+
+/// Longest any single test request may take before the test fails.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One GET through `client`, recording what came back.
+pub async fn get(client: &reqwest::Client, url: &str) -> Seen {
+    let response = client
+        .get(url)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .expect("request reaches corral");
+    let status = response.status();
+    let cache_status = cache_status(&response);
+    let body = response.text().await.map_err(|e| format!("{e:?}"));
+    Seen {
+        status,
+        cache_status,
+        body,
+    }
+}
+
+/// [`get`] on its own task.
+pub fn spawn_get(client: &reqwest::Client, url: &str) -> tokio::task::JoinHandle<Seen> {
+    let client = client.clone();
+    let url = url.to_owned();
+    tokio::spawn(async move { get(&client, &url).await })
+}
