@@ -18,6 +18,8 @@
 //! The caller binds the listeners and supplies the shutdown signal ([`Corral::serve`]),
 //! so tests run many instances side by side on ephemeral ports.
 #![warn(missing_docs)]
+// One bad request must not take a worker down: no unwrap/expect outside tests.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
 pub mod cache;

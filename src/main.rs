@@ -1,6 +1,8 @@
 //! The `corral` command: parses arguments, loads the config, installs logging,
 //! binds the listeners, and runs until SIGTERM or Ctrl-C. No proxy logic lives here.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
