@@ -176,9 +176,13 @@ async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The bound addresses, not the configured ones: port 0 means "pick one".
+    let bound = |listener: &TcpListener, configured: SocketAddr| {
+        listener.local_addr().unwrap_or(configured)
+    };
     tracing::info!(
-        listen = %config.server.listen,
-        admin = %config.server.admin_listen,
+        listen = %bound(&listeners.0, config.server.listen),
+        admin = %bound(&listeners.1, config.server.admin_listen),
         origin = %config.origin.url.get_ref(),
         routes = config.routes.len(),
         "corral is serving"
