@@ -114,6 +114,23 @@ fn limit_count(corral: &support::TestProxy, limit: ClientLimit) -> u64 {
     corral.proxy.metrics().client_limits.get(limit)
 }
 
+/// Sends `request` raw and checks that corral refused it with `status`
+/// without contacting the origin, counting `limit` exactly once.
+async fn assert_refused_before_origin(
+    corral: &support::TestProxy,
+    origin: &MockOrigin,
+    request: &[u8],
+    status: u16,
+    limit: ClientLimit,
+) -> Closed {
+    let mut stream = send_raw(corral.addr, request).await;
+    let closed = read_until_closed(&mut stream).await;
+    assert_eq!(closed.status(), Some(status), "{closed:?}");
+    assert_eq!(origin.hits(), 0, "the origin was never asked");
+    assert_eq!(limit_count(corral, limit), 1);
+    closed
+}
+
 #[tokio::test]
 async fn slowloris_is_cut_off_after_the_header_timeout_while_others_are_served() {
     let origin = MockOrigin::start().await.unwrap();
@@ -288,15 +305,9 @@ async fn two_gib_content_length_is_refused_with_413_unread() {
     ))
     .await;
 
-    let mut stream = send_raw(
-        corral.addr,
-        b"POST /upload HTTP/1.1\r\nHost: corral.test\r\nContent-Length: 2147483648\r\n\r\nonly a few bytes",
-    )
-    .await;
-    let closed = read_until_closed(&mut stream).await;
-    assert_eq!(closed.status(), Some(413), "{closed:?}");
-    assert_eq!(origin.hits(), 0, "the origin was never asked");
-    assert_eq!(limit_count(&corral, ClientLimit::BodySize), 1);
+    let announced_2gib = b"POST /upload HTTP/1.1\r\nHost: corral.test\r\nContent-Length: 2147483648\r\n\r\nonly a few bytes";
+    assert_refused_before_origin(&corral, &origin, announced_2gib, 413, ClientLimit::BodySize)
+        .await;
 
     // Within the limit, a body is relayed.
     let client = support::client();
@@ -438,15 +449,9 @@ async fn absolute_form_for_a_foreign_host_is_refused_without_contacting_the_orig
     ))
     .await;
 
-    let mut stream = send_raw(
-        corral.addr,
-        b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    let closed = read_until_closed(&mut stream).await;
-    assert_eq!(closed.status(), Some(421), "{closed:?}");
-    assert_eq!(origin.hits(), 0, "the origin was not contacted");
-    assert_eq!(limit_count(&corral, ClientLimit::Host), 1);
+    let foreign =
+        b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
+    assert_refused_before_origin(&corral, &origin, foreign, 421, ClientLimit::Host).await;
 
     // The origin's own authority and listed hosts are served in absolute form.
     for target in [
@@ -468,17 +473,12 @@ async fn connect_is_refused_with_405() {
     origin.always("/", Reply::ok("fine"));
     let corral = support::start(support::config(&origin, "")).await;
 
-    let mut stream = send_raw(
-        corral.addr,
-        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    let closed = read_until_closed(&mut stream).await;
-    assert_eq!(closed.status(), Some(405), "{closed:?}");
+    let connect =
+        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n";
+    let closed =
+        assert_refused_before_origin(&corral, &origin, connect, 405, ClientLimit::Method).await;
     let head = String::from_utf8_lossy(&closed.bytes).to_ascii_lowercase();
     assert!(head.contains("\r\nallow: "), "{head}");
-    assert_eq!(origin.hits(), 0);
-    assert_eq!(limit_count(&corral, ClientLimit::Method), 1);
     corral.shutdown().await;
 }
 
