@@ -93,6 +93,41 @@ fn restart_only_changes(current: &Config, next: &Config) -> Vec<String> {
     if current.origin.url.get_ref() != next.origin.url.get_ref() {
         ignored.push("origin.url changed (restart to apply)".to_owned());
     }
+    // The origin client (pool, timeouts, retries, breaker, limits) is built
+    // once; name each [origin] setting a reload did not apply.
+    macro_rules! origin_fields {
+        ($($field:ident),* $(,)?) => {
+            $(
+                if current.origin.$field != next.origin.$field {
+                    ignored.push(format!(
+                        "origin.{} changed (restart to apply; per-route timeouts reload live)",
+                        stringify!($field)
+                    ));
+                }
+            )*
+        };
+    }
+    origin_fields!(
+        connect_timeout,
+        timeout,
+        first_byte_timeout,
+        request_timeout,
+        pool_idle_timeout,
+        pool_max_idle,
+        retries,
+        retry_backoff,
+        retry_backoff_max,
+        retry_budget,
+        retry_budget_window,
+        max_retry_after,
+        breaker_failure_rate,
+        breaker_min_requests,
+        breaker_window,
+        breaker_open_for,
+        max_concurrent,
+        queue_depth,
+        queue_timeout,
+    );
     if current.cache.max_size != next.cache.max_size
         || current.cache.max_object_size != next.cache.max_object_size
         || current.cache.max_variants != next.cache.max_variants
@@ -100,4 +135,37 @@ fn restart_only_changes(current: &Config, next: &Config) -> Vec<String> {
         ignored.push("cache sizes changed (restart to apply)".to_owned());
     }
     ignored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn parse(extra_origin: &str) -> Config {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[origin]\nurl = \"http://127.0.0.1:9000\"\n{extra_origin}\n\
+             [[route]]\nmatch = \"/\"\nttl = \"5s\"\n"
+        );
+        Config::parse(&text, Path::new("corral.toml")).unwrap()
+    }
+
+    #[test]
+    fn unchanged_restart_only_settings_report_nothing() {
+        assert!(restart_only_changes(&parse(""), &parse("")).is_empty());
+    }
+
+    #[test]
+    fn every_changed_origin_setting_is_reported_as_ignored() {
+        let ignored = restart_only_changes(&parse(""), &parse("retries = 5\nmax_concurrent = 3"));
+        assert_eq!(ignored.len(), 2, "{ignored:?}");
+        assert!(
+            ignored[0].starts_with("origin.retries changed"),
+            "{ignored:?}"
+        );
+        assert!(
+            ignored[1].starts_with("origin.max_concurrent changed"),
+            "{ignored:?}"
+        );
+    }
 }
