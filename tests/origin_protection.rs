@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use corral::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use tokio::task::JoinHandle;
 
@@ -559,5 +560,95 @@ async fn route_timeouts_override_the_origin_ones() {
     assert!(tight.cache_status.contains("deadline"), "{tight:?}");
     assert_eq!(origin.hits(), 2, "timeouts are not retried");
     assert_eq!(corral.proxy.flights_in_flight(), 0);
+    corral.shutdown().await;
+}
+
+/// Regression (review finding): a client that stops reading a relayed answer
+/// must not hold the origin's only concurrency slot, or every cache fill
+/// behind it is shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_pass_holds_no_origin_slot() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/big", Reply::ok(vec![b'x'; 32 * 1024 * 1024]));
+    origin.always("/api/", Reply::ok("product"));
+    let origin_keys = format!("max_concurrent = 1\nqueue_depth = 0\n{NO_BREAKER}");
+    let corral = support::start(support::config_with_origin(
+        &origin,
+        &origin_keys,
+        CACHE_ALL,
+    ))
+    .await;
+
+    // A pass (Cookie) for 32 MiB that its client never reads.
+    let mut stalled = tokio::net::TcpStream::connect(corral.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stalled,
+        b"GET /big HTTP/1.1\r\nHost: corral.test\r\nCookie: session=1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(WITHIN, origin.wait_for_hits(1))
+        .await
+        .unwrap();
+
+    // With one slot and no queue, a held slot would shed this fill with 503.
+    let seen = get(&support::client(), &corral.url("/api/p")).await;
+    assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
+    assert_eq!(seen.body, "product");
+    drop(stalled);
+    corral.shutdown().await;
+}
+
+/// Regression (review finding): a pass's 429 concerns its one client; it must
+/// not pause cache fills for everyone.
+#[tokio::test]
+async fn a_pass_429_with_retry_after_does_not_pause_cache_fills() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always(
+        "/login",
+        Reply::ok("slow down")
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("retry-after", "30"),
+    );
+    origin.always("/api/", Reply::ok("product"));
+    let corral = support::start(support::config_with_origin(&origin, NO_BREAKER, CACHE_ALL)).await;
+    let client = support::client();
+
+    let login = send(client.post(corral.url("/login")).body("user=a")).await;
+    assert_eq!(login.status, StatusCode::TOO_MANY_REQUESTS, "{login:?}");
+    let seen = get(&client, &corral.url("/api/p")).await;
+    assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
+    assert_eq!(origin.hits_on("/api/"), 1, "the fill reached the origin");
+    corral.shutdown().await;
+}
+
+/// Regression (review finding): an upload that takes longer than the
+/// first-byte timeout is bounded by the request deadline, not cut with 504.
+#[tokio::test]
+async fn a_slow_upload_is_not_cut_by_the_first_byte_timeout() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/upload", Reply::ok("stored"));
+    let origin_keys =
+        format!("first_byte_timeout = \"200ms\"\nrequest_timeout = \"30s\"\n{NO_BREAKER}");
+    let corral = support::start(support::config_with_origin(
+        &origin,
+        &origin_keys,
+        CACHE_ALL,
+    ))
+    .await;
+
+    // The client itself is slow: its second chunk leaves 600 ms after the first.
+    let chunks = futures_util::stream::iter(0..2).then(|i| async move {
+        if i == 1 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"part;"))
+    });
+    let upload = support::client()
+        .post(corral.url("/upload"))
+        .body(reqwest::Body::wrap_stream(chunks));
+    let seen = send(upload).await;
+    assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
+    assert_eq!(seen.body, "stored");
     corral.shutdown().await;
 }

@@ -4,8 +4,9 @@
 //! Every request to the origin goes through [`OriginClient::fetch`] (cache
 //! fills) or [`OriginClient::forward`] (passes), which apply, in order:
 //!
-//! 1. the **`Retry-After` gate** ([`RetryAfterGate`]): after a 429 or 503 with
-//!    `Retry-After`, nothing is sent to the origin until it expires;
+//! 1. the **`Retry-After` gate** ([`RetryAfterGate`]): after a cache fill gets a
+//!    429 or 503 with `Retry-After`, nothing is sent to the origin until it
+//!    expires (a pass's answer concerns its one client and never closes it);
 //! 2. the **circuit breaker** ([`Breaker`]): while it is open nothing is sent;
 //!    half-open, exactly one probe is;
 //! 3. the **concurrency limit** ([`ConcurrencyLimit`]): at most
@@ -27,15 +28,12 @@ mod limit;
 mod retry;
 mod window;
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 pub use breaker::{
@@ -288,44 +286,15 @@ impl OriginResponse {
 }
 
 impl From<OriginResponse> for http::Response<reqwest::Body> {
+    /// Turns the answer into a relayed (streamed) response. Its concurrency
+    /// slot is given back here, when the head has arrived: the body then flows
+    /// at the pace of the client that reads it, and a client that stops
+    /// reading must not hold a slot every cache fill needs. (A fill keeps its
+    /// slot until its body is read: corral itself reads that body, within the
+    /// response timeout.)
     fn from(origin: OriginResponse) -> http::Response<reqwest::Body> {
-        let response: http::Response<reqwest::Body> = origin.response.into();
-        match origin.permit {
-            None => response,
-            Some(permit) => response.map(|body| {
-                reqwest::Body::wrap(HeldBody {
-                    inner: body,
-                    _permit: permit,
-                })
-            }),
-        }
-    }
-}
-
-/// A streamed origin body that keeps its request's concurrency slot until
-/// the body is finished or dropped.
-struct HeldBody {
-    inner: reqwest::Body,
-    _permit: LimitPermit,
-}
-
-impl Body for HeldBody {
-    type Data = Bytes;
-    type Error = reqwest::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, reqwest::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        drop(origin.permit);
+        origin.response.into()
     }
 }
 
@@ -603,13 +572,23 @@ impl OriginClient {
                 .attempt(&client, &mut exchange, &timeouts, deadline)
                 .await;
             let verdict = judge(&answer);
-            match verdict.healthy {
+            // A pass's 5xx may be provoked by its client; only a failure to
+            // get any answer, or a success, speaks for the origin as a whole.
+            let healthy = if exchange.whole_response || answer.is_err() {
+                verdict.healthy
+            } else {
+                verdict.healthy.filter(|healthy| *healthy)
+            };
+            match healthy {
                 Some(healthy) => admitted.ticket.record(healthy),
                 None => drop(admitted.ticket),
             }
             let now = Instant::now();
             let pause = verdict.pause.map(|pause| pause.min(shared.max_retry_after));
-            if let Some(pause) = pause {
+            // Only a cache fill (a shared, credential-free GET) may pause the
+            // whole origin: a pass's 429 answers one client (a login rate
+            // limit, say), and must not become a switch for a global outage.
+            if let Some(pause) = pause.filter(|_| exchange.whole_response) {
                 self.pause(now, pause, &answer);
             }
             let answer = answer.map(|(response, body_limit)| OriginResponse {
@@ -723,6 +702,9 @@ impl OriginClient {
         let mut request = client
             .request(exchange.method.clone(), &exchange.url)
             .headers(exchange.headers.clone());
+        // The origin answers a streamed upload after receiving it, so the
+        // time to its first byte includes the upload: only the deadline bounds it.
+        let streamed_upload = exchange.replay.is_none() && exchange.body.is_some();
         if let Some(bytes) = exchange.replay.as_ref().filter(|b| !b.is_empty()) {
             request = request.body(bytes.clone());
         } else if let Some(body) = exchange.body.take() {
@@ -737,7 +719,7 @@ impl OriginClient {
         if exchange.whole_response {
             request = request.timeout(timeouts.response.min(remaining));
         }
-        let (head_limit, head_error) = if timeouts.first_byte <= remaining {
+        let (head_limit, head_error) = if timeouts.first_byte <= remaining && !streamed_upload {
             (
                 timeouts.first_byte,
                 OriginError::TimedOut {
