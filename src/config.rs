@@ -17,6 +17,10 @@ use wildmatch::WildMatch;
 
 use crate::cache::freshness::FreshnessPolicy;
 
+/// Longest duration any setting accepts. Far beyond any sensible value, and
+/// far from the point where adding it to a clock reading would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Default proxy listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin listen address (metrics, health).
@@ -650,6 +654,70 @@ impl Config {
                     format!("route {pattern:?}: timeouts must be longer than zero"),
                 ));
             }
+            if route.lock_timeout.is_zero() {
+                return Err((
+                    route.pattern.span(),
+                    format!(
+                        "route {pattern:?}: lock_timeout must be longer than zero (every follower would get 504)"
+                    ),
+                ));
+            }
+            let durations = [
+                ("ttl", Some(route.ttl)),
+                ("heuristic_max", Some(route.heuristic_max)),
+                ("negative_ttl", route.negative_ttl),
+                ("stale_while_revalidate", route.stale_while_revalidate),
+                ("stale_if_error", route.stale_if_error),
+                ("lock_timeout", Some(route.lock_timeout)),
+                ("hit_for_pass", Some(route.hit_for_pass)),
+                ("connect_timeout", route.connect_timeout),
+                ("first_byte_timeout", route.first_byte_timeout),
+                ("timeout", route.timeout),
+                ("request_timeout", route.request_timeout),
+            ];
+            if let Some((key, _)) = durations
+                .iter()
+                .find(|(_, d)| d.is_some_and(|d| d > MAX_DURATION))
+            {
+                return Err((
+                    route.pattern.span(),
+                    format!(
+                        "route {pattern:?}: {key} is longer than the {} allowed",
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                ));
+            }
+        }
+        let global = [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("server.shutdown_timeout", self.server.shutdown_timeout),
+            ("origin.connect_timeout", self.origin.connect_timeout),
+            ("origin.timeout", self.origin.timeout),
+            ("origin.first_byte_timeout", self.origin.first_byte_timeout),
+            ("origin.request_timeout", self.origin.request_timeout),
+            ("origin.pool_idle_timeout", self.origin.pool_idle_timeout),
+            ("origin.retry_backoff_max", self.origin.retry_backoff_max),
+            (
+                "origin.retry_budget_window",
+                self.origin.retry_budget_window,
+            ),
+            ("origin.max_retry_after", self.origin.max_retry_after),
+            ("origin.breaker_window", self.origin.breaker_window),
+            ("origin.breaker_open_for", self.origin.breaker_open_for),
+            ("origin.queue_timeout", self.origin.queue_timeout),
+        ];
+        if let Some((key, _)) = global.iter().find(|(_, d)| *d > MAX_DURATION) {
+            return Err((
+                self.origin.url.span(),
+                format!(
+                    "{key} is longer than the {} allowed",
+                    humantime::format_duration(MAX_DURATION)
+                ),
+            ));
         }
         for host in &self.server.hosts {
             let name = host.get_ref();
@@ -874,6 +942,27 @@ match = "/"
         assert_eq!(defaults.cache.max_variants, DEFAULT_MAX_VARIANTS);
         let err = parse("[origin]\nurl = \"http://a:1\"\n[cache]\nmax_variants = 0\n").unwrap_err();
         assert!(err.to_string().contains("max_variants"), "{err}");
+    }
+
+    #[test]
+    fn absurd_durations_and_a_zero_lock_timeout_are_refused() {
+        let err = parse("[origin]\nurl = \"http://a:1\"\n[[route]]\nmatch = \"/\"\nlock_timeout = \"500000000000y\"\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("lock_timeout is longer than"),
+            "{err}"
+        );
+        let err = parse(
+            "[origin]\nurl = \"http://a:1\"\n[[route]]\nmatch = \"/\"\nlock_timeout = \"0s\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("corral.toml:4:9: "), "{err}");
+        let err = parse("[origin]\nurl = \"http://a:1\"\nqueue_timeout = \"20y\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("origin.queue_timeout is longer than"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -137,12 +137,21 @@ fn check(file: &Path) -> ExitCode {
     }
 }
 
+/// How long the runtime waits for leftover blocking tasks once serving ended.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 fn block_on<F: std::future::Future<Output = ExitCode>>(future: F) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(future),
+        Ok(runtime) => {
+            let code = runtime.block_on(future);
+            // Connections were drained within shutdown_timeout already; don't
+            // let a stuck blocking task (a DNS lookup, say) hold the exit.
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+            code
+        }
         Err(error) => {
             eprintln!("corral: cannot start the runtime: {error}");
             ExitCode::FAILURE

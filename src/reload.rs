@@ -2,9 +2,10 @@
 //! restart. Routes, TTLs, lock timeouts, hit-for-pass windows, the access log
 //! switch and the admin token change for requests that start afterwards; open
 //! connections, in-flight requests and the cache are untouched. Listen
-//! addresses, the origin and the cache size cannot change by reload: a file
+//! addresses and the other `[server]` limits, the `[origin]` settings (per-route
+//! timeouts do reload) and the `[cache]` sizes cannot change by reload: a file
 //! that changes them is still applied for the rest, and each ignored change
-//! is reported as a warning.
+//! is named in the report (logged, and in the `POST /reload` answer).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -57,13 +58,14 @@ impl Reloader {
     /// [`ReloadError`] when there is no file or it is invalid; nothing changes then.
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.path.as_ref().ok_or(ReloadError::NoConfigFile)?;
-        let next = Config::load(path)?;
         // A poisoned lock only means an earlier reload panicked mid-way; the
-        // config inside is still a whole, valid one.
+        // config inside is still a whole, valid one. The file is read under the
+        // lock so that of two overlapping reloads, the later read wins.
         let mut current = self
             .current
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let next = Config::load(path)?;
         let ignored = restart_only_changes(&current, &next);
         self.proxy.reload(&next);
         let report = ReloadReport {
@@ -95,19 +97,30 @@ fn restart_only_changes(current: &Config, next: &Config) -> Vec<String> {
     }
     // The origin client (pool, timeouts, retries, breaker, limits) is built
     // once; name each [origin] setting a reload did not apply.
-    macro_rules! origin_fields {
-        ($($field:ident),* $(,)?) => {
+    macro_rules! restart_only {
+        ($section:ident, $note:literal: $($field:ident),* $(,)?) => {
             $(
-                if current.origin.$field != next.origin.$field {
+                if current.$section.$field != next.$section.$field {
                     ignored.push(format!(
-                        "origin.{} changed (restart to apply; per-route timeouts reload live)",
+                        concat!(stringify!($section), ".{} changed (restart to apply", $note, ")"),
                         stringify!($field)
                     ));
                 }
             )*
         };
     }
-    origin_fields!(
+    restart_only!(
+        server, "":
+        header_read_timeout,
+        idle_timeout,
+        max_header_size,
+        max_request_body,
+        max_connections,
+        shutdown_timeout,
+        hosts,
+    );
+    restart_only!(
+        origin, "; per-route timeouts reload live":
         connect_timeout,
         timeout,
         first_byte_timeout,
@@ -148,6 +161,19 @@ mod tests {
              [[route]]\nmatch = \"/\"\nttl = \"5s\"\n"
         );
         Config::parse(&text, Path::new("corral.toml")).unwrap()
+    }
+
+    #[test]
+    fn changed_server_limits_are_reported_as_ignored() {
+        let before = parse("");
+        let mut after = parse("");
+        after.server.max_request_body = bytesize::ByteSize::kib(1);
+        let ignored = restart_only_changes(&before, &after);
+        assert_eq!(ignored.len(), 1, "{ignored:?}");
+        assert!(
+            ignored[0].starts_with("server.max_request_body changed"),
+            "{ignored:?}"
+        );
     }
 
     #[test]

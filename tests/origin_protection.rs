@@ -591,6 +591,14 @@ async fn a_client_that_stops_reading_a_pass_holds_no_origin_slot() {
         .await
         .unwrap();
 
+    // The answer's head reaches corral and starts streaming to a client that
+    // never reads: from then on the slot must be free.
+    let in_flight = sample("corral_origin_in_flight", &origin, "");
+    support::wait_until("the relayed answer gives its slot back", WITHIN, || {
+        metric(&corral, &in_flight) == Some(0.0)
+    })
+    .await;
+
     // With one slot and no queue, a held slot would shed this fill with 503.
     let seen = get(&support::client(), &corral.url("/api/p")).await;
     assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
