@@ -114,6 +114,15 @@ fn limit_count(corral: &support::TestProxy, limit: ClientLimit) -> u64 {
     corral.proxy.metrics().client_limits.get(limit)
 }
 
+/// A `MockOrigin` answering "fine" on every path, and corral in front of it
+/// configured with `toml`.
+async fn fine_origin_and_corral(toml: &str) -> (MockOrigin, support::TestProxy) {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/", Reply::ok("fine"));
+    let corral = support::start(support::config(&origin, toml)).await;
+    (origin, corral)
+}
+
 /// Sends `request` raw and checks that corral refused it with `status`
 /// without contacting the origin, counting `limit` exactly once.
 async fn assert_refused_before_origin(
@@ -133,12 +142,9 @@ async fn assert_refused_before_origin(
 
 #[tokio::test]
 async fn slowloris_is_cut_off_after_the_header_timeout_while_others_are_served() {
-    let origin = MockOrigin::start().await.unwrap();
-    origin.always("/", Reply::ok("fine"));
-    let corral = support::start(support::config(
-        &origin,
+    let (origin, corral) = fine_origin_and_corral(
         "[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"60s\"\n",
-    ))
+    )
     .await;
 
     // Half a request head, then silence.
@@ -210,12 +216,9 @@ async fn slowloris_is_cut_off_after_the_header_timeout_while_others_are_served()
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let origin = MockOrigin::start().await.unwrap();
-    origin.always("/", Reply::ok("fine"));
-    let corral = support::start(support::config(
-        &origin,
+    let (_origin, corral) = fine_origin_and_corral(
         "[server]\nheader_read_timeout = \"10s\"\nidle_timeout = \"300ms\"\n",
-    ))
+    )
     .await;
 
     let mut stream = send_raw(corral.addr, &get("/a")).await;
@@ -233,12 +236,9 @@ async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
-    let origin = MockOrigin::start().await.unwrap();
-    origin.always("/", Reply::ok("fine"));
-    let corral = support::start(support::config(
-        &origin,
+    let (_origin, corral) = fine_origin_and_corral(
         "[server]\nheader_read_timeout = \"10s\"\nidle_timeout = \"300ms\"\n",
-    ))
+    )
     .await;
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -389,13 +389,7 @@ async fn chunked_body_growing_past_the_limit_is_cut_off_never_forwarded_whole() 
 
 #[tokio::test]
 async fn oversized_headers_get_431() {
-    let origin = MockOrigin::start().await.unwrap();
-    origin.always("/", Reply::ok("fine"));
-    let corral = support::start(support::config(
-        &origin,
-        "[server]\nmax_header_size = \"4KiB\"\n",
-    ))
-    .await;
+    let (origin, corral) = fine_origin_and_corral("[server]\nmax_header_size = \"4KiB\"\n").await;
     let client = support::client();
 
     // Over the limit but inside hyper's read buffer: refused by corral's check.
@@ -441,13 +435,7 @@ async fn oversized_headers_get_431() {
 
 #[tokio::test]
 async fn absolute_form_for_a_foreign_host_is_refused_without_contacting_the_origin() {
-    let origin = MockOrigin::start().await.unwrap();
-    origin.always("/", Reply::ok("fine"));
-    let corral = support::start(support::config(
-        &origin,
-        "[server]\nhosts = [\"shop.example\"]\n",
-    ))
-    .await;
+    let (origin, corral) = fine_origin_and_corral("[server]\nhosts = [\"shop.example\"]\n").await;
 
     let foreign =
         b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
@@ -469,9 +457,7 @@ async fn absolute_form_for_a_foreign_host_is_refused_without_contacting_the_orig
 
 #[tokio::test]
 async fn connect_is_refused_with_405() {
-    let origin = MockOrigin::start().await.unwrap();
-    origin.always("/", Reply::ok("fine"));
-    let corral = support::start(support::config(&origin, "")).await;
+    let (origin, corral) = fine_origin_and_corral("").await;
 
     let connect =
         b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n";
@@ -522,9 +508,7 @@ match = "/"
 
 #[tokio::test]
 async fn connection_over_the_cap_waits_for_a_free_slot() {
-    let origin = MockOrigin::start().await.unwrap();
-    origin.always("/", Reply::ok("fine"));
-    let corral = support::start(support::config(&origin, "[server]\nmax_connections = 2\n")).await;
+    let (origin, corral) = fine_origin_and_corral("[server]\nmax_connections = 2\n").await;
 
     let mut first = send_raw(corral.addr, &get("/1")).await;
     assert_eq!(read_response(&mut first).await.0, 200);
