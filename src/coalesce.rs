@@ -165,14 +165,6 @@ where
         self.publish.receiver_count()
     }
 
-    /// A follower of this leader's own fetch, so the leader's caller can await the
-    /// outcome the same way its followers do while the fetch runs elsewhere.
-    pub fn subscribe(&self) -> Follower<V> {
-        Follower {
-            outcome: self.publish.subscribe(),
-        }
-    }
-
     /// Publishes `value` to every follower, then removes the slot. Callers that
     /// must find the value elsewhere afterwards (a cache) write it there *before*
     /// calling this, so a newcomer sees either the slot or the stored value.

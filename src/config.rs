@@ -758,7 +758,6 @@ impl Config {
                 Route {
                     name: r.name.clone().unwrap_or_else(|| pattern.clone()),
                     matcher,
-                    ttl: r.ttl,
                     freshness: FreshnessPolicy {
                         route_ttl: r.ttl,
                         override_origin: r.override_origin,
@@ -807,9 +806,6 @@ pub struct Route {
     /// Label for metrics and logs (bounded: comes from the config, never the path).
     pub name: String,
     matcher: PathMatcher,
-    /// Freshness of a stored 200 response whose origin says nothing about it
-    /// (of every 200 with `override_origin`); also `freshness.route_ttl`.
-    pub ttl: Duration,
     /// The route's say in freshness: default and overriding ttls, heuristic,
     /// negative caching and default stale windows.
     pub freshness: FreshnessPolicy,
@@ -1063,7 +1059,7 @@ match = "/shop/*/reviews"
         .unwrap();
         let table = config.route_table();
         let (_, route) = table.find("/anything?x=1").unwrap();
-        assert_eq!(route.ttl, Duration::from_secs(5));
+        assert_eq!(route.freshness.route_ttl, Duration::from_secs(5));
     }
 
     #[test]

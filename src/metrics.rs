@@ -219,11 +219,6 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    /// Counts one answered request with its cache outcome.
-    pub fn count(&self, outcome: CacheOutcome) {
-        self.requests[status_index(outcome)].inc();
-    }
-
     /// Counts one answered request and records how long its answer took.
     pub fn record(&self, outcome: CacheOutcome, elapsed: Duration) {
         let index = status_index(outcome);
@@ -513,11 +508,6 @@ impl OriginMetrics {
     /// Counts one request answered without the origin, and why.
     pub fn shed(&self, reason: Refusal) {
         self.shed[reason as usize].inc();
-    }
-
-    /// Requests answered without the origin for `reason` so far.
-    pub fn shed_count(&self, reason: Refusal) -> u64 {
-        self.shed[reason as usize].get()
     }
 }
 

@@ -27,9 +27,6 @@ use tokio::task::JoinHandle;
 
 type MockBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// How long a truncated body stalls after its partial bytes before breaking.
-const TRUNCATE_PAUSE: Duration = Duration::from_millis(20);
-
 /// What the origin does with one request.
 #[derive(Clone, Debug)]
 pub enum Behaviour {
@@ -110,6 +107,16 @@ impl Reply {
     pub fn delay(mut self, delay: Duration) -> Reply {
         self.delay = delay;
         self
+    }
+}
+
+impl Behaviour {
+    /// Waits until `gate` opens, then behaves as `then`.
+    pub fn gated(gate: &Gate, then: impl Into<Behaviour>) -> Behaviour {
+        Behaviour::Gated {
+            gate: gate.clone(),
+            then: Box::new(then.into()),
+        }
     }
 }
 
@@ -398,12 +405,13 @@ async fn perform(mut behaviour: Behaviour) -> Result<Response<MockBody>, ResetCo
             Behaviour::Truncate { reply, sent } => {
                 tokio::time::sleep(reply.delay).await;
                 let head = reply.body.slice(..sent.min(reply.body.len()));
-                // Pause between the partial body and the break so hyper flushes
-                // the head and those bytes first: the client must see a body
-                // that breaks after it began, not a connection that never answered.
+                // Return Pending once between the partial body and the break:
+                // hyper flushes what it holds whenever the body is not ready,
+                // so the client sees a body that breaks after it began, not a
+                // connection that never answered.
                 let partial = futures_util::stream::iter([Ok(Frame::data(head))]);
                 let break_off = futures_util::stream::once(async {
-                    tokio::time::sleep(TRUNCATE_PAUSE).await;
+                    tokio::task::yield_now().await;
                     Err(std::io::Error::other("scripted body break"))
                 });
                 let frames = partial.chain(break_off);

@@ -197,7 +197,10 @@ pub async fn serve<H, F, B>(
             open,
         ));
     }
+    let address = listener.local_addr().ok();
     drop(listener);
+    // Operators (and the shutdown test) learn here that new connections are refused.
+    tracing::info!(address = ?address, open = connections.len(), "listener closed; draining open connections");
     let _ = stop.send(true);
     let drain = async {
         while let Some(ended) = connections.join_next().await {

@@ -267,13 +267,7 @@ async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
 async fn idle_timeout_spares_a_request_in_progress() {
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
-    origin.always(
-        "/slow",
-        Behaviour::Gated {
-            gate: gate.clone(),
-            then: Box::new(Reply::ok("late").into()),
-        },
-    );
+    origin.always("/slow", Behaviour::gated(&gate, Reply::ok("late")));
     origin.always("/", Reply::ok("fine"));
     let corral = support::start(support::config(
         &origin,

@@ -3,7 +3,7 @@
 //! and bounded follower waits (DESIGN.md invariants 1, 2, 4, 5 and 6).
 mod support;
 
-use support::{Seen, get, spawn_get};
+use support::{Seen, get, join_all, spawn_get};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,14 +41,6 @@ async fn burst(client: &reqwest::Client, url: &str, count: usize) -> Vec<JoinHan
     handles
 }
 
-async fn join_all(handles: Vec<JoinHandle<Seen>>) -> Vec<Seen> {
-    let mut seen = Vec::with_capacity(handles.len());
-    for handle in handles {
-        seen.push(handle.await.expect("client task panicked"));
-    }
-    seen
-}
-
 fn is_hit(cache_status: &str) -> bool {
     cache_status.contains("; hit")
 }
@@ -61,20 +53,13 @@ fn is_leader_miss(cache_status: &str) -> bool {
     cache_status.contains("fwd=miss") && !cache_status.contains("collapsed")
 }
 
-fn gated(gate: &Gate, reply: Reply) -> Behaviour {
-    Behaviour::Gated {
-        gate: gate.clone(),
-        then: Box::new(reply.into()),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_hit_origin_once() {
     const CLIENTS: usize = 800;
     const BODY: &str = "{\"id\":1,\"name\":\"flash sale\"}";
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
-    origin.always("/api/products/1", gated(&gate, Reply::ok(BODY)));
+    origin.always("/api/products/1", Behaviour::gated(&gate, Reply::ok(BODY)));
     let corral = support::start(support::config(&origin, ROUTES)).await;
     let client = support::client();
     let url = corral.url("/api/products/1");
@@ -146,7 +131,10 @@ async fn steady_arrivals_across_the_fill_see_one_origin_request() {
     const WAITING_BEFORE_ANSWER: i64 = 20;
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
-    origin.always("/api/products/gap", gated(&gate, Reply::ok("steady")));
+    origin.always(
+        "/api/products/gap",
+        Behaviour::gated(&gate, Reply::ok("steady")),
+    );
     let corral = support::start(support::config(&origin, ROUTES)).await;
     let client = support::client();
     let url = corral.url("/api/products/gap");
@@ -226,7 +214,10 @@ async fn leader_client_disconnect_does_not_cancel_the_fetch() {
     const FOLLOWERS: usize = 4;
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
-    origin.always("/api/products/leave", gated(&gate, Reply::ok("kept")));
+    origin.always(
+        "/api/products/leave",
+        Behaviour::gated(&gate, Reply::ok("kept")),
+    );
     let corral = support::start(support::config(&origin, ROUTES)).await;
     let client = support::client();
     let url = corral.url("/api/products/leave");
@@ -285,7 +276,7 @@ async fn slow_key_does_not_stall_other_keys() {
     let origin = MockOrigin::start().await.unwrap();
     // The gate stands in for a 2 s origin on key A.
     let slow_gate = Gate::new();
-    origin.always("/api/slow", gated(&slow_gate, Reply::ok("slow")));
+    origin.always("/api/slow", Behaviour::gated(&slow_gate, Reply::ok("slow")));
     origin.always(
         "/api/fast",
         Reply::ok("fast").delay(Duration::from_millis(10)),
@@ -343,7 +334,7 @@ async fn follower_lock_timeout_answers_504_without_going_to_origin() {
     const FOLLOWERS: usize = 3;
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
-    origin.always("/api/locked", gated(&gate, Reply::ok("late")));
+    origin.always("/api/locked", Behaviour::gated(&gate, Reply::ok("late")));
     let corral = support::start(support::config(
         &origin,
         "[[route]]\nmatch = \"/\"\nttl = \"60s\"\nlock_timeout = \"200ms\"\n",
@@ -391,7 +382,7 @@ async fn follower_lock_timeout_answers_504_without_going_to_origin() {
 async fn follower_client_disconnect_stops_waiting_at_once() {
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
-    origin.always("/api/wait", gated(&gate, Reply::ok("waited")));
+    origin.always("/api/wait", Behaviour::gated(&gate, Reply::ok("waited")));
     // Neither the origin timeout nor the lock timeout may end the wait before
     // the departed follower is seen to stop waiting.
     let corral = support::start(support::config_with_origin(
@@ -477,4 +468,61 @@ async fn head_on_cached_key_returns_headers_without_body() {
         "HEAD on a cached key does not reach the origin"
     );
     corral.shutdown().await;
+}
+
+/// Invariant 2 (no gap), deterministically. On a current-thread runtime a
+/// follower woken by the leader's answer runs before the fill task resumes;
+/// the request it sends at once makes its lookup and join right after the
+/// slot is gone. If the answer were stored any later than that (after an
+/// await), that request would find neither slot nor entry and fetch again.
+#[tokio::test]
+async fn a_request_sent_as_the_flight_lands_finds_the_stored_answer() {
+    let origin = MockOrigin::start().await.unwrap();
+    let gate = Gate::new();
+    origin.always("/api/landing", Behaviour::gated(&gate, Reply::ok("landed")));
+    let config = support::config(&origin, ROUTES);
+    let proxy = corral::Corral::new(&config).unwrap().proxy().clone();
+    let client: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let request = || {
+        http::Request::get("/api/landing")
+            .header("host", "corral.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+
+    let leader = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.handle(request(), client).await }
+    });
+    tokio::time::timeout(WITHIN, origin.wait_for_hits(1))
+        .await
+        .expect("the leader's fetch reaches the origin");
+    let follower = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            let followed = proxy.handle(request(), client).await;
+            // No await between being woken and this request's lookup and join.
+            let landed = proxy.handle(request(), client).await;
+            (followed, landed)
+        }
+    });
+    support::wait_until("the follower waits on the leader", WITHIN, || {
+        proxy.metrics().followers_waiting.get() == 1
+    })
+    .await;
+    gate.open();
+
+    let (followed, landed) = follower.await.unwrap();
+    assert_eq!(leader.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(followed.status(), StatusCode::OK);
+    let landed_status = landed.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(landed_status.contains("hit"), "{landed_status}");
+    assert_eq!(
+        origin.hits(),
+        1,
+        "the request sent as the flight landed fetched again"
+    );
 }

@@ -2,6 +2,8 @@
 //! shutdown, through real sockets (and, for signals, the real binary).
 mod support;
 
+use support::ttl_of;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -65,10 +67,7 @@ async fn metrics_count_a_scripted_workload_exactly() {
     let gate = Gate::new();
     origin.always(
         "/products/burst",
-        Behaviour::Gated {
-            gate: gate.clone(),
-            then: Box::new(Reply::ok("burst").into()),
-        },
+        Behaviour::gated(&gate, Reply::ok("burst")),
     );
     origin.always("/products/broken", Behaviour::Reset);
     origin.always("/products/", Reply::ok("product"));
@@ -291,7 +290,7 @@ struct Binary {
     listen: SocketAddr,
     admin: SocketAddr,
     config: PathBuf,
-    stderr: std::sync::mpsc::Receiver<String>,
+    stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Binary {
@@ -310,30 +309,23 @@ impl Binary {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (lines, stderr) = std::sync::mpsc::channel();
+        let (lines, stderr) = tokio::sync::mpsc::unbounded_channel();
         let pipe = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 let _ = lines.send(line);
             }
         });
-        let binary = Binary {
+        let mut binary = Binary {
             child,
             listen,
             admin,
             config,
             stderr,
         };
-        let client = support::client();
-        let health = format!("http://{admin}/healthz");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while client.get(&health).send().await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "corral binary never became healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // Logged once both listeners are bound: from then on connections are
+        // accepted (the kernel queues them until the accept loop takes them).
+        binary.wait_for_log(&["corral is serving"]).await;
         binary
     }
 
@@ -346,16 +338,20 @@ impl Binary {
         assert!(status.success());
     }
 
-    /// Waits (bounded) for a stderr line containing `needle`.
-    fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => continue,
-                Err(_) => panic!("no log line containing {needle:?}"),
+    /// Waits (bounded) for a stderr line containing every one of `needles`.
+    async fn wait_for_log(&mut self, needles: &[&str]) -> String {
+        let found = async {
+            while let Some(line) = self.stderr.recv().await {
+                if needles.iter().all(|needle| line.contains(needle)) {
+                    return Some(line);
+                }
             }
+            None
+        };
+        match tokio::time::timeout(Duration::from_secs(20), found).await {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("corral exited without logging {needles:?}"),
+            Err(_) => panic!("no log line containing {needles:?}"),
         }
     }
 }
@@ -422,20 +418,12 @@ async fn get_on(
     )
 }
 
-fn ttl_of(cache_status: &str) -> u64 {
-    cache_status
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("ttl="))
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("no ttl in {cache_status:?}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_new_ttl_and_keeps_connections_and_cache() {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/products/", Reply::ok("product"));
     let short = "[[route]]\nname = \"products\"\nmatch = \"/products/\"\nttl = \"60s\"\n";
-    let binary = Binary::start(&origin, short, "sighup").await;
+    let mut binary = Binary::start(&origin, short, "sighup").await;
     let mut connection = keep_alive(binary.listen).await;
 
     let (status, _, _) = get_on(&mut connection, binary.listen, "/products/before").await;
@@ -450,7 +438,7 @@ async fn sighup_applies_a_new_ttl_and_keeps_connections_and_cache() {
     )
     .unwrap();
     binary.signal("HUP");
-    binary.wait_for_log("config reloaded (SIGHUP)");
+    binary.wait_for_log(&["config reloaded (SIGHUP)"]).await;
 
     // The same keep-alive connection, opened before the reload, still works;
     // the entry cached before the reload is still there.
@@ -477,7 +465,7 @@ async fn sighup_applies_a_new_ttl_and_keeps_connections_and_cache() {
     )
     .unwrap();
     binary.signal("HUP");
-    let refusal = binary.wait_for_log("config reload refused");
+    let refusal = binary.wait_for_log(&["config reload refused"]).await;
     assert!(
         refusal.contains("corral.toml:3:"),
         "error names file and line: {refusal}"
@@ -504,10 +492,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let gate = Gate::new();
     origin.always(
         "/products/slow",
-        Behaviour::Gated {
-            gate: gate.clone(),
-            then: Box::new(Reply::ok("finally").into()),
-        },
+        Behaviour::gated(&gate, Reply::ok("finally")),
     );
     let routes = "[[route]]\nmatch = \"/products/\"\n";
     let mut binary = Binary::start(&origin, routes, "sigterm").await;
@@ -517,14 +502,18 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 
     binary.signal("TERM");
     // Wait until the listener is gone: new connections are refused.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(binary.listen).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "listener still accepting after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let address = format!("address=Some({})", binary.listen);
+    let closed = binary
+        .wait_for_log(&["listener closed; draining open connections", &address])
+        .await;
+    assert!(
+        closed.contains("open=1"),
+        "the in-flight request's connection: {closed}"
+    );
+    assert!(
+        TcpStream::connect(binary.listen).await.is_err(),
+        "new connections are refused after SIGTERM"
+    );
     assert!(
         binary.child.try_wait().unwrap().is_none(),
         "still draining the in-flight request"

@@ -3,7 +3,7 @@
 //! (DESIGN.md invariant 3); a broken body is never stored or served whole.
 mod support;
 
-use support::{Seen, get, spawn_get};
+use support::{Seen, get, join_all, spawn_get};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,14 +51,6 @@ async fn start_wave(
     .await;
     assert_eq!(origin_hits(), 1, "the wave is coalesced into one fetch");
     wave
-}
-
-async fn join_all(handles: Vec<JoinHandle<Seen>>) -> Vec<Seen> {
-    let mut seen = Vec::with_capacity(handles.len());
-    for handle in handles {
-        seen.push(handle.await.expect("client task panicked"));
-    }
-    seen
 }
 
 /// After a failed wave: nothing is in flight or cached, the next request makes
@@ -124,19 +116,12 @@ fn assert_wave_made_one_request(origin_hits: u64) {
     );
 }
 
-fn gated(gate: &Gate, then: Behaviour) -> Behaviour {
-    Behaviour::Gated {
-        gate: gate.clone(),
-        then: Box::new(then),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_500_reaches_every_waiter_and_is_not_cached() {
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
     let boom = Reply::ok("boom").status(StatusCode::INTERNAL_SERVER_ERROR);
-    let healed = fail_until_healed(&origin, "/api/500", gated(&gate, boom.into()));
+    let healed = fail_until_healed(&origin, "/api/500", Behaviour::gated(&gate, boom));
     let corral = support::start(support::config(&origin, ROUTES)).await;
     let client = support::client();
 
@@ -164,7 +149,11 @@ async fn origin_500_reaches_every_waiter_and_is_not_cached() {
 async fn origin_reset_fails_every_waiter_with_502_and_next_request_refetches() {
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
-    let healed = fail_until_healed(&origin, "/api/reset", gated(&gate, Behaviour::Reset));
+    let healed = fail_until_healed(
+        &origin,
+        "/api/reset",
+        Behaviour::gated(&gate, Behaviour::Reset),
+    );
     let corral = support::start(support::config(&origin, ROUTES)).await;
     let client = support::client();
 
@@ -225,7 +214,7 @@ async fn truncated_body_is_never_stored_or_served_as_complete() {
         reply: Reply::ok(whole.clone()),
         sent: 100,
     };
-    let healed = fail_until_healed(&origin, "/api/truncated", gated(&gate, truncate));
+    let healed = fail_until_healed(&origin, "/api/truncated", Behaviour::gated(&gate, truncate));
     let corral = support::start(support::config(&origin, ROUTES)).await;
     let client = support::client();
 

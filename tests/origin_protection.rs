@@ -4,6 +4,8 @@
 //! period, a `Retry-After`) is skipped with tokio's paused clock, never slept.
 mod support;
 
+use support::{get, send, spawn_get};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,46 +13,9 @@ use std::time::Duration;
 use corral::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use tokio::task::JoinHandle;
 
 /// Bound on every wait-for-condition; generous for a shared machine.
 const WITHIN: Duration = Duration::from_secs(30);
-
-/// What one client saw.
-#[derive(Debug)]
-struct Seen {
-    status: StatusCode,
-    cache_status: String,
-    retry_after: Option<String>,
-    body: String,
-}
-
-async fn get(client: &reqwest::Client, url: &str) -> Seen {
-    send(client.get(url)).await
-}
-
-async fn send(request: reqwest::RequestBuilder) -> Seen {
-    let response = request.send().await.expect("request reaches corral");
-    let status = response.status();
-    let cache_status = support::cache_status(&response);
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = response.text().await.expect("body reads whole");
-    Seen {
-        status,
-        cache_status,
-        retry_after,
-        body,
-    }
-}
-
-fn spawn_get(client: &reqwest::Client, url: String) -> JoinHandle<Seen> {
-    let client = client.clone();
-    tokio::spawn(async move { get(&client, &url).await })
-}
 
 /// The value of the sample `name{labels}` in corral's metrics, if exported.
 fn metric(corral: &support::TestProxy, sample: &str) -> Option<f64> {
@@ -70,13 +35,6 @@ async fn skip_time(by: Duration) {
     tokio::time::pause();
     tokio::time::advance(by).await;
     tokio::time::resume();
-}
-
-fn gated(gate: &Gate, then: impl Into<Behaviour>) -> Behaviour {
-    Behaviour::Gated {
-        gate: gate.clone(),
-        then: Box::new(then.into()),
-    }
 }
 
 /// Origin keys that keep the breaker out of tests about something else.
@@ -114,7 +72,7 @@ async fn flapping_origin_is_hidden_by_retries_within_the_budget() {
     for i in 0..REQUESTS {
         let seen = get(&client, &corral.url(&format!("/flap/{i}"))).await;
         assert_eq!(seen.status, StatusCode::OK, "request {i}: {seen:?}");
-        assert_eq!(seen.body, "up");
+        assert_eq!(seen.text(), "up");
     }
     let sent = origin.hits_on("/flap/");
     assert!(
@@ -155,7 +113,7 @@ async fn retries_of_a_down_origin_add_at_most_the_budget() {
     for i in 0..REQUESTS {
         let seen = get(&client, &corral.url(&format!("/down/{i}"))).await;
         assert_eq!(seen.status, StatusCode::SERVICE_UNAVAILABLE, "{seen:?}");
-        assert_eq!(seen.body, "down", "the origin's own answer is relayed");
+        assert_eq!(seen.text(), "down", "the origin's own answer is relayed");
     }
     let sent = origin.hits_on("/down/");
     assert!(
@@ -223,7 +181,7 @@ async fn hard_down_origin_opens_the_breaker_and_one_probe_closes_it() {
             if down.load(Ordering::SeqCst) {
                 Behaviour::Reset
             } else if seen.path.starts_with("/probe") {
-                gated(&probe_gate, Reply::ok("probe ok"))
+                Behaviour::gated(&probe_gate, Reply::ok("probe ok"))
             } else {
                 Reply::ok(format!("fresh {}", seen.path)).into()
             }
@@ -268,20 +226,20 @@ async fn hard_down_origin_opens_the_breaker_and_one_probe_closes_it() {
     for path in ["/cached/1", "/cached/2"] {
         let seen = get(&client, &corral.url(path)).await;
         assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
-        assert_eq!(seen.body, format!("fresh {path}"));
+        assert_eq!(seen.text(), format!("fresh {path}"));
         assert!(
             seen.cache_status.contains("detail=stale-circuit-open"),
             "{seen:?}"
         );
     }
     let burst: Vec<_> = (0..20)
-        .map(|i| spawn_get(&client, corral.url(&format!("/uncached/burst/{i}"))))
+        .map(|i| spawn_get(&client, &corral.url(&format!("/uncached/burst/{i}"))))
         .collect();
     for handle in burst {
         let seen = handle.await.unwrap();
         assert_eq!(seen.status, StatusCode::SERVICE_UNAVAILABLE, "{seen:?}");
         assert!(seen.cache_status.contains("circuit_open"), "{seen:?}");
-        let retry_after: u64 = seen.retry_after.as_deref().unwrap().parse().unwrap();
+        let retry_after: u64 = seen.retry_after().unwrap().parse().unwrap();
         assert!((1..=5).contains(&retry_after), "{seen:?}");
     }
     assert_eq!(origin.hits(), 6, "no request reaches the origin while open");
@@ -294,12 +252,12 @@ async fn hard_down_origin_opens_the_breaker_and_one_probe_closes_it() {
     skip_time(OPEN_FOR).await;
 
     // Half-open: exactly one probe goes through; others are still turned away.
-    let probe = spawn_get(&client, corral.url("/probe/1"));
+    let probe = spawn_get(&client, &corral.url("/probe/1"));
     origin.wait_for_hits(7).await;
     assert_eq!(metric(&corral, &state), Some(2.0), "half-open");
     let turned_away = get(&client, &corral.url("/uncached/during-probe")).await;
     assert_eq!(turned_away.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(turned_away.retry_after.is_some());
+    assert!(turned_away.retry_after().is_some());
     assert_eq!(origin.hits(), 7, "only the probe reached the origin");
 
     // The probe succeeds: the breaker closes and traffic flows.
@@ -330,7 +288,7 @@ async fn hard_down_origin_opens_the_breaker_and_one_probe_closes_it() {
 async fn concurrency_limit_queues_then_sheds_and_the_origin_never_sees_more() {
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
-    origin.always("/cold/", gated(&gate, Reply::ok("cold")));
+    origin.always("/cold/", Behaviour::gated(&gate, Reply::ok("cold")));
     const CLIENTS: usize = 2_000;
     const MAX_CONCURRENT: usize = 32;
     const QUEUE: usize = 64;
@@ -360,7 +318,7 @@ async fn concurrency_limit_queues_then_sheds_and_the_origin_never_sees_more() {
         while seen.len() < SHED {
             let answer = finished.recv().await.expect("a client task ended early");
             assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}");
-            assert!(answer.retry_after.is_some(), "{answer:?}");
+            assert!(answer.retry_after().is_some(), "{answer:?}");
             assert!(answer.cache_status.contains("queue_full"), "{answer:?}");
             seen.push(answer);
         }
@@ -376,7 +334,7 @@ async fn concurrency_limit_queues_then_sheds_and_the_origin_never_sees_more() {
     gate.open();
     while let Some(answer) = finished.recv().await {
         assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
-        assert_eq!(answer.body, "cold");
+        assert_eq!(answer.text(), "cold");
         seen.push(answer);
     }
     assert_eq!(seen.len(), CLIENTS);
@@ -401,7 +359,7 @@ async fn concurrency_limit_queues_then_sheds_and_the_origin_never_sees_more() {
 async fn coalesced_followers_take_no_queue_place() {
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
-    origin.always("/hot", gated(&gate, Reply::ok("hot")));
+    origin.always("/hot", Behaviour::gated(&gate, Reply::ok("hot")));
     // One slot and no queue: any second origin-bound request would be shed.
     let origin_keys = format!("max_concurrent = 1\nqueue_depth = 0\n{NO_BREAKER}");
     let corral = support::start(support::config_with_origin(
@@ -413,10 +371,10 @@ async fn coalesced_followers_take_no_queue_place() {
     let client = support::client();
 
     const CLIENTS: usize = 50;
-    let first = spawn_get(&client, corral.url("/hot"));
+    let first = spawn_get(&client, &corral.url("/hot"));
     origin.wait_for_hits(1).await;
     let followers: Vec<_> = (1..CLIENTS)
-        .map(|_| spawn_get(&client, corral.url("/hot")))
+        .map(|_| spawn_get(&client, &corral.url("/hot")))
         .collect();
     let metrics = corral.proxy.metrics();
     support::wait_until("every follower waits on the leader", WITHIN, || {
@@ -456,13 +414,13 @@ async fn retry_after_on_429_stops_origin_requests_until_it_expires() {
         StatusCode::TOO_MANY_REQUESTS,
         "{throttled:?}"
     );
-    assert_eq!(throttled.body, "slow down");
+    assert_eq!(throttled.text(), "slow down");
     assert_eq!(origin.hits(), 1, "a 429 is not retried");
 
     // Until it expires, nothing reaches the origin: not a fill, not a pass.
     let held = get(&client, &corral.url("/busy/b")).await;
     assert_eq!(held.status, StatusCode::SERVICE_UNAVAILABLE, "{held:?}");
-    assert_eq!(held.retry_after.as_deref(), Some("1"));
+    assert_eq!(held.retry_after(), Some("1"));
     assert!(held.cache_status.contains("retry_after"), "{held:?}");
     let posted = send(client.post(corral.url("/busy/c")).body("x")).await;
     assert_eq!(posted.status, StatusCode::SERVICE_UNAVAILABLE, "{posted:?}");
@@ -500,7 +458,7 @@ async fn a_retried_503_waits_out_its_retry_after() {
     let started = tokio::time::Instant::now();
     let seen = get(&client, &corral.url("/maint")).await;
     assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
-    assert_eq!(seen.body, "back");
+    assert_eq!(seen.text(), "back");
     assert_eq!(origin.hits(), 2);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
@@ -529,12 +487,12 @@ async fn a_503_retry_after_past_the_deadline_is_relayed_not_waited_for() {
     let client = support::client();
     let seen = get(&client, &corral.url("/maint")).await;
     assert_eq!(seen.status, StatusCode::SERVICE_UNAVAILABLE, "{seen:?}");
-    assert_eq!(seen.body, "maintenance", "the origin's own answer");
+    assert_eq!(seen.text(), "maintenance", "the origin's own answer");
     assert_eq!(origin.hits(), 1, "no retry that could not fit the deadline");
     // And the pause is honoured for everyone else (capped by max_retry_after).
     let held = get(&client, &corral.url("/other")).await;
     assert_eq!(held.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(held.retry_after.as_deref(), Some("60"));
+    assert_eq!(held.retry_after(), Some("60"));
     assert_eq!(origin.hits(), 1);
     corral.shutdown().await;
 }
@@ -580,13 +538,7 @@ async fn a_client_that_stops_reading_a_pass_holds_no_origin_slot() {
     .await;
 
     // A pass (Cookie) for 32 MiB that its client never reads.
-    let mut stalled = tokio::net::TcpStream::connect(corral.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut stalled,
-        b"GET /big HTTP/1.1\r\nHost: corral.test\r\nCookie: session=1\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let stalled = support::raw_request(corral.addr, "GET", "/big", &["Cookie: session=1"]).await;
     tokio::time::timeout(WITHIN, origin.wait_for_hits(1))
         .await
         .unwrap();
@@ -602,7 +554,7 @@ async fn a_client_that_stops_reading_a_pass_holds_no_origin_slot() {
     // With one slot and no queue, a held slot would shed this fill with 503.
     let seen = get(&support::client(), &corral.url("/api/p")).await;
     assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
-    assert_eq!(seen.body, "product");
+    assert_eq!(seen.text(), "product");
     drop(stalled);
     corral.shutdown().await;
 }
@@ -645,18 +597,29 @@ async fn a_slow_upload_is_not_cut_by_the_first_byte_timeout() {
     ))
     .await;
 
-    // The client itself is slow: its second chunk leaves 600 ms after the first.
-    let chunks = futures_util::stream::iter(0..2).then(|i| async move {
-        if i == 1 {
-            tokio::time::sleep(Duration::from_millis(600)).await;
-        }
-        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"part;"))
+    // The client itself is slow: its second chunk leaves only when released.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first =
+        futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"part;"))]);
+    let second = futures_util::stream::once(async move {
+        let _ = released.await;
+        Ok(bytes::Bytes::from_static(b"part;"))
     });
     let upload = support::client()
         .post(corral.url("/upload"))
-        .body(reqwest::Body::wrap_stream(chunks));
-    let seen = send(upload).await;
+        .body(reqwest::Body::wrap_stream(first.chain(second)));
+    let upload = tokio::spawn(send(upload));
+    // Once the upload holds its origin slot, the first-byte timer is armed:
+    // move the clock well past it while the body is still incomplete.
+    let in_flight = sample("corral_origin_in_flight", &origin, "");
+    support::wait_until("the upload is at the origin", WITHIN, || {
+        metric(&corral, &in_flight) == Some(1.0)
+    })
+    .await;
+    skip_time(Duration::from_millis(600)).await;
+    release.send(()).unwrap();
+    let seen = upload.await.unwrap();
     assert_eq!(seen.status, StatusCode::OK, "{seen:?}");
-    assert_eq!(seen.body, "stored");
+    assert_eq!(seen.text(), "stored");
     corral.shutdown().await;
 }

@@ -4,12 +4,13 @@
 //! (DESIGN.md invariant 7).
 mod support;
 
+use support::{Seen, join_all, seen};
+
 use std::collections::HashSet;
 use std::time::Duration;
 
 use corral::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
 use reqwest::StatusCode;
-use tokio::task::JoinHandle;
 
 /// Every path is a caching route: passing must come from the request itself.
 const ROUTES: &str = "[[route]]\nmatch = \"/\"\nttl = \"60s\"\n";
@@ -24,45 +25,6 @@ const WITHIN: Duration = Duration::from_secs(30);
 /// instead of hanging it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug)]
-struct Seen {
-    status: StatusCode,
-    cache_status: String,
-    set_cookie: Option<String>,
-    body: String,
-}
-
-async fn seen(response: reqwest::Response) -> Seen {
-    let status = response.status();
-    let cache_status = support::cache_status(&response);
-    let set_cookie = response
-        .headers()
-        .get("set-cookie")
-        .map(|v| v.to_str().expect("ASCII cookie").to_owned());
-    let body = response.text().await.expect("body arrives whole");
-    Seen {
-        status,
-        cache_status,
-        set_cookie,
-        body,
-    }
-}
-
-fn gated(gate: &Gate, reply: Reply) -> Behaviour {
-    Behaviour::Gated {
-        gate: gate.clone(),
-        then: Box::new(reply.into()),
-    }
-}
-
-async fn join_all(handles: Vec<JoinHandle<Seen>>) -> Vec<Seen> {
-    let mut all = Vec::with_capacity(handles.len());
-    for handle in handles {
-        all.push(handle.await.expect("client task panicked"));
-    }
-    all
-}
-
 /// Sends `CLIENTS` requests built by `request` at once against a gated origin,
 /// and checks that every one of them reaches the origin while it is still
 /// held (none waits on another), then that all are answered as passes.
@@ -72,7 +34,7 @@ async fn each_reaches_origin(
 ) {
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
-    origin.always(path, gated(&gate, Reply::ok("passed")));
+    origin.always(path, Behaviour::gated(&gate, Reply::ok("passed")));
     let corral = support::start(support::config(&origin, ROUTES)).await;
     let client = support::client();
     let url = corral.url(path);
@@ -101,7 +63,7 @@ async fn each_reaches_origin(
 
     for s in join_all(handles).await {
         assert_eq!(s.status, StatusCode::OK, "{s:?}");
-        assert_eq!(s.body, "passed");
+        assert_eq!(s.text(), "passed");
         assert!(s.cache_status.contains("fwd=bypass"), "{s:?}");
     }
     assert_eq!(
@@ -158,11 +120,10 @@ async fn get_with_cookie_reaches_origin_once_each() {
 fn own_cookie(s: &Seen) -> String {
     assert_eq!(s.status, StatusCode::OK, "{s:?}");
     let cookie = s
-        .set_cookie
-        .clone()
+        .set_cookie()
         .unwrap_or_else(|| panic!("the answer lost its Set-Cookie: {s:?}"));
     let nth = s
-        .body
+        .text()
         .strip_prefix("user-")
         .unwrap_or_else(|| panic!("unexpected body: {s:?}"));
     assert_eq!(
@@ -170,7 +131,7 @@ fn own_cookie(s: &Seen) -> String {
         format!("session={nth}"),
         "a client got a cookie that was set for another request: {s:?}"
     );
-    cookie
+    cookie.to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +144,7 @@ async fn set_cookie_response_is_never_served_to_another_client() {
         origin.on("/api/me", move |seen| {
             let reply = Reply::ok(format!("user-{}", seen.nth))
                 .header("set-cookie", &format!("session={}", seen.nth));
-            gated(&gate, reply)
+            Behaviour::gated(&gate, reply)
         });
     }
     let corral = support::start(support::config(&origin, ROUTES)).await;

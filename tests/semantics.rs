@@ -9,6 +9,8 @@
 //! progress is read from counters.
 mod support;
 
+use support::{Seen, get, get_with, join_all, send, spawn_get};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -17,8 +19,6 @@ use bytes::Bytes;
 use corral::http::cache_key;
 use corral::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
 use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
-use tokio::task::JoinHandle;
 
 /// Bound on every wait-for-condition; generous for a shared machine.
 const WITHIN: Duration = Duration::from_secs(30);
@@ -34,90 +34,6 @@ const PAUSED_ORIGIN: &str = "timeout = \"1h\"\nfirst_byte_timeout = \"1h\"\n\
 
 /// Client-side timers likewise out of the way of `advance`.
 const PAUSED_SERVER: &str = "[server]\nidle_timeout = \"1h\"\nheader_read_timeout = \"1h\"\n";
-
-/// What one client saw.
-#[derive(Debug)]
-struct Seen {
-    status: StatusCode,
-    cache_status: String,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn age(&self) -> u64 {
-        self.header("age")
-            .and_then(|age| age.parse().ok())
-            .unwrap_or_else(|| panic!("no Age: {self:?}"))
-    }
-
-    fn ttl(&self) -> u64 {
-        self.cache_status
-            .split(';')
-            .find_map(|p| p.trim().strip_prefix("ttl="))
-            .and_then(|ttl| ttl.parse().ok())
-            .unwrap_or_else(|| panic!("no ttl: {self:?}"))
-    }
-}
-
-async fn seen(response: reqwest::Response) -> Seen {
-    let status = response.status();
-    let cache_status = support::cache_status(&response);
-    let headers = response.headers().clone();
-    let body = response.text().await.expect("body arrives whole");
-    Seen {
-        status,
-        cache_status,
-        headers,
-        body,
-    }
-}
-
-async fn send(request: reqwest::RequestBuilder) -> Seen {
-    let response = request
-        .timeout(REQUEST_TIMEOUT)
-        .send()
-        .await
-        .expect("request reaches corral");
-    seen(response).await
-}
-
-async fn get(client: &reqwest::Client, url: &str) -> Seen {
-    send(client.get(url)).await
-}
-
-async fn get_with(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Seen {
-    let mut request = client.get(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    send(request).await
-}
-
-fn spawn_get(client: &reqwest::Client, url: &str) -> JoinHandle<Seen> {
-    let client = client.clone();
-    let url = url.to_owned();
-    tokio::spawn(async move { get(&client, &url).await })
-}
-
-async fn join_all(handles: Vec<JoinHandle<Seen>>) -> Vec<Seen> {
-    let mut all = Vec::with_capacity(handles.len());
-    for handle in handles {
-        all.push(handle.await.expect("client task panicked"));
-    }
-    all
-}
-
-fn gated(gate: &Gate, then: impl Into<Behaviour>) -> Behaviour {
-    Behaviour::Gated {
-        gate: gate.clone(),
-        then: Box::new(then.into()),
-    }
-}
 
 fn is_hit(seen: &Seen) -> bool {
     seen.cache_status.starts_with("corral; hit") && !seen.cache_status.contains("detail=")
@@ -185,17 +101,15 @@ async fn stale_entry_is_revalidated_and_a_304_renews_it() {
     let url = corral.url("/rev");
 
     let first = get(&client, &url).await;
-    assert_eq!(
-        (first.status, first.body.as_str()),
-        (StatusCode::OK, "body-v1")
-    );
+    assert_eq!((first.status, first.text()), (StatusCode::OK, "body-v1"));
     assert!(is_leader_miss(&first), "{first:?}");
 
     tokio::time::advance(Duration::from_secs(61)).await;
     let revalidated = get(&client, &url).await;
     assert_eq!(revalidated.status, StatusCode::OK, "{revalidated:?}");
     assert_eq!(
-        revalidated.body, "body-v1",
+        revalidated.text(),
+        "body-v1",
         "the stored body, confirmed by the 304"
     );
     assert_eq!(
@@ -221,7 +135,7 @@ async fn stale_entry_is_revalidated_and_a_304_renews_it() {
     let later = get(&client, &url).await;
     assert!(is_hit(&later), "still fresh 100 s after the 304: {later:?}");
     assert_eq!(
-        (later.body.as_str(), later.header("x-version")),
+        (later.text(), later.header("x-version")),
         ("body-v1", Some("2"))
     );
     assert_eq!(origin.hits(), 2);
@@ -241,7 +155,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
             if seen.nth == 1 {
                 reply.into()
             } else {
-                gated(&refresh, reply)
+                Behaviour::gated(&refresh, reply)
             }
         });
     }
@@ -250,14 +164,14 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     let corral = support::start(support::config_with_origin(&origin, PAUSED_ORIGIN, &routes)).await;
     let client = support::client();
     let url = corral.url("/swr");
-    assert_eq!(get(&client, &url).await.body, "v1");
+    assert_eq!(get(&client, &url).await.text(), "v1");
 
     tokio::time::advance(Duration::from_secs(61)).await;
     let burst: Vec<_> = (0..BURST).map(|_| spawn_get(&client, &url)).collect();
     // Every client is answered while the refresh is still held at the origin.
     for seen in join_all(burst).await {
         assert_eq!(
-            (seen.status, seen.body.as_str()),
+            (seen.status, seen.text()),
             (StatusCode::OK, "v1"),
             "{seen:?}"
         );
@@ -286,13 +200,13 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     .await;
     let refreshed = get(&client, &url).await;
     assert!(is_hit(&refreshed), "{refreshed:?}");
-    assert_eq!(refreshed.body, "v2");
+    assert_eq!(refreshed.text(), "v2");
     assert_eq!(origin.hits(), 2);
 
     // Past the window, a stale entry is not served: the client waits for the origin.
     tokio::time::advance(Duration::from_secs(60 + 30)).await;
     let waited = get(&client, &url).await;
-    assert_eq!(waited.body, "v3");
+    assert_eq!(waited.text(), "v3");
     assert!(is_leader_miss(&waited), "{waited:?}");
     corral.shutdown().await;
 }
@@ -351,7 +265,7 @@ async fn stale_if_error_serves_the_stored_answer_while_the_origin_fails() {
         for attempt in 0..2 {
             let seen = get(&client, &corral.url(path)).await;
             assert_eq!(seen.status, StatusCode::OK, "{path} #{attempt}: {seen:?}");
-            assert_eq!(seen.body, format!("good {path}"));
+            assert_eq!(seen.text(), format!("good {path}"));
             assert_eq!(
                 seen.cache_status, "corral; hit; detail=stale-if-error",
                 "{path} #{attempt}"
@@ -367,7 +281,7 @@ async fn stale_if_error_serves_the_stored_answer_while_the_origin_fails() {
     // (the paused clock moves on while everything waits on it).
     let slow = get(&client, &corral.url("/sie/slow")).await;
     assert_eq!(
-        (slow.status, slow.body.as_str()),
+        (slow.status, slow.text()),
         (StatusCode::OK, "good /sie/slow")
     );
     assert_eq!(slow.cache_status, "corral; hit; detail=stale-if-error");
@@ -413,22 +327,22 @@ async fn vary_keeps_variants_apart() {
 
     for language in ["en", "fr"] {
         let seen = get_with(&client, &url, &[("accept-language", language)]).await;
-        assert_eq!(seen.body, format!("hello-{language}"));
+        assert_eq!(seen.text(), format!("hello-{language}"));
         assert!(is_leader_miss(&seen), "{seen:?}");
     }
     for _ in 0..2 {
         for language in ["en", "fr"] {
             let seen = get_with(&client, &url, &[("accept-language", language)]).await;
-            assert_eq!(seen.body, format!("hello-{language}"), "{seen:?}");
+            assert_eq!(seen.text(), format!("hello-{language}"), "{seen:?}");
             assert!(is_hit(&seen), "{seen:?}");
         }
     }
     // Whitespace differences select the same variant; no header is its own variant.
     let spaced = get_with(&client, &url, &[("accept-language", "  fr ")]).await;
-    assert_eq!(spaced.body, "hello-fr");
+    assert_eq!(spaced.text(), "hello-fr");
     assert!(is_hit(&spaced), "{spaced:?}");
     let none = get(&client, &url).await;
-    assert_eq!(none.body, "hello-none");
+    assert_eq!(none.text(), "hello-none");
     assert!(is_leader_miss(&none), "{none:?}");
     assert_eq!(origin.hits(), 3);
     assert_eq!(
@@ -454,7 +368,7 @@ async fn vary_star_is_never_served_from_cache() {
     let client = support::client();
     for nth in 1..=3 {
         let seen = get(&client, &corral.url("/star")).await;
-        assert_eq!(seen.body, format!("star-{nth}"), "{seen:?}");
+        assert_eq!(seen.text(), format!("star-{nth}"), "{seen:?}");
         assert!(!is_hit(&seen), "{seen:?}");
     }
     assert_eq!(origin.hits(), 3);
@@ -486,7 +400,7 @@ async fn variants_per_url_are_capped_dropping_the_oldest() {
     }
     let dropped = get_with(&client, &url, &[("accept-language", "en")]).await;
     assert!(is_leader_miss(&dropped), "{dropped:?}");
-    assert_eq!(dropped.body, "hello-en");
+    assert_eq!(dropped.text(), "hello-en");
     assert_eq!(corral.proxy.cache().variant_count(&key), 2);
     corral.shutdown().await;
 }
@@ -568,21 +482,18 @@ async fn client_conditionals_are_answered_304_from_the_cache() {
     assert_eq!(sent.all(), [None], "the fill asked for the whole response");
 
     let url = corral.url("/etag/warm");
-    assert_eq!(get(&client, &url).await.body, "tagged");
+    assert_eq!(get(&client, &url).await.text(), "tagged");
     for tags in ["\"v1\"", "W/\"v1\"", "\"v0\", \"v1\"", "*"] {
         let seen = get_with(&client, &url, &[("if-none-match", tags)]).await;
         assert_eq!(seen.status, StatusCode::NOT_MODIFIED, "{tags}: {seen:?}");
         assert!(is_hit(&seen), "{seen:?}");
-        assert_eq!(seen.body, "");
+        assert_eq!(seen.text(), "");
         assert_eq!(seen.header("etag"), Some("\"v1\""));
         assert_eq!(seen.header("cache-control"), Some("max-age=60"));
         assert!(seen.header("content-length").is_none_or(|len| len == "0"));
     }
     let other = get_with(&client, &url, &[("if-none-match", "\"v0\"")]).await;
-    assert_eq!(
-        (other.status, other.body.as_str()),
-        (StatusCode::OK, "tagged")
-    );
+    assert_eq!((other.status, other.text()), (StatusCode::OK, "tagged"));
     assert!(is_hit(&other), "{other:?}");
     // If-Modified-Since at or after the stored Date matches too.
     let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
@@ -612,12 +523,9 @@ async fn only_if_cached_gets_504_when_nothing_usable_is_stored() {
     );
     assert_eq!(origin.hits(), 0, "only-if-cached never reaches the origin");
 
-    assert_eq!(get(&client, &url).await.body, "stored");
+    assert_eq!(get(&client, &url).await.text(), "stored");
     let warm = get_with(&client, &url, &only).await;
-    assert_eq!(
-        (warm.status, warm.body.as_str()),
-        (StatusCode::OK, "stored")
-    );
+    assert_eq!((warm.status, warm.text()), (StatusCode::OK, "stored"));
     assert!(is_hit(&warm), "{warm:?}");
     // Stored, but fresher than the client accepts: still 504, still no origin.
     let picky = get_with(
@@ -660,17 +568,14 @@ async fn max_age_zero_and_pragma_no_cache_requests_revalidate() {
     assert!(is_hit(&get(&client, &url).await));
 
     let reload = get_with(&client, &url, &[("cache-control", "max-age=0")]).await;
-    assert_eq!(
-        (reload.status, reload.body.as_str()),
-        (StatusCode::OK, "checked")
-    );
+    assert_eq!((reload.status, reload.text()), (StatusCode::OK, "checked"));
     assert_eq!(
         reload.cache_status, "corral; fwd=stale; fwd-status=304; stored",
         "{reload:?}"
     );
     // An HTTP/1.0-style Pragma: no-cache (without Cache-Control) is no-cache.
     let pragma = get_with(&client, &url, &[("pragma", "no-cache")]).await;
-    assert_eq!(pragma.body, "checked");
+    assert_eq!(pragma.text(), "checked");
     assert!(pragma.cache_status.contains("fwd=stale"), "{pragma:?}");
     assert_eq!(
         sent.all(),
@@ -698,7 +603,7 @@ async fn not_found_is_cached_only_with_a_negative_ttl() {
         let seen = get(&client, &corral.url("/plain/gone")).await;
         assert_eq!(seen.status, StatusCode::NOT_FOUND);
         assert_eq!(
-            seen.body,
+            seen.text(),
             format!("missing #{nth}"),
             "never stored: {seen:?}"
         );
@@ -709,8 +614,8 @@ async fn not_found_is_cached_only_with_a_negative_ttl() {
     assert!(first.cache_status.contains("stored"), "{first:?}");
     let again = get(&client, &corral.url("/negative/gone")).await;
     assert_eq!(
-        (again.status, &again.body),
-        (StatusCode::NOT_FOUND, &first.body)
+        (again.status, &again.text()),
+        (StatusCode::NOT_FOUND, &first.text())
     );
     assert!(is_hit(&again), "{again:?}");
     assert!(again.ttl() <= 30, "{again:?}");
@@ -746,7 +651,7 @@ async fn route_ttl_overrides_the_origin_only_with_override_origin() {
     tokio::time::advance(Duration::from_secs(6)).await;
     let refetched = get(&client, &corral.url("/override/a")).await;
     assert!(is_leader_miss(&refetched), "{refetched:?}");
-    assert_eq!(refetched.body, "/override/a #3");
+    assert_eq!(refetched.text(), "/override/a #3");
     let kept = get(&client, &corral.url("/default/a")).await;
     assert!(is_hit(&kept), "{kept:?}");
     assert_eq!(origin.hits(), 3);
@@ -812,7 +717,7 @@ async fn heuristic_freshness_applies_only_where_the_route_enables_it() {
     // Without the heuristic it is stale on arrival: revalidated with its Last-Modified.
     let exact = get(&client, &corral.url("/exact/a")).await;
     assert!(exact.cache_status.contains("fwd=stale"), "{exact:?}");
-    assert_eq!(exact.body, "/exact/a #3");
+    assert_eq!(exact.text(), "/exact/a #3");
     assert_eq!(origin.hits(), 3);
     corral.shutdown().await;
 }
@@ -848,7 +753,7 @@ async fn targeted_cache_control_governs_and_corral_cache_control_stays_private()
         let first = get(&client, &corral.url(path)).await;
         let again = get(&client, &corral.url(path)).await;
         for seen in [&first, &again] {
-            assert_eq!(seen.body, body, "{seen:?}");
+            assert_eq!(seen.text(), body, "{seen:?}");
             assert!(seen.header("corral-cache-control").is_none(), "{seen:?}");
         }
         assert!(is_hit(&again), "{again:?}");
@@ -858,7 +763,7 @@ async fn targeted_cache_control_governs_and_corral_cache_control_stays_private()
     assert_eq!(cdn.header("cache-control"), Some("private"));
     for nth in 1..=2 {
         let seen = get(&client, &corral.url("/targeted/private")).await;
-        assert_eq!(seen.body, format!("private #{nth}"));
+        assert_eq!(seen.text(), format!("private #{nth}"));
         assert!(seen.header("corral-cache-control").is_none(), "{seen:?}");
     }
     assert_eq!(origin.hits(), 4);
@@ -878,7 +783,7 @@ async fn hit_for_pass_lets_a_burst_reach_the_origin_concurrently() {
             if seen.nth == 1 {
                 reply.into()
             } else {
-                gated(&gate, reply)
+                Behaviour::gated(&gate, reply)
             }
         });
     }
@@ -929,7 +834,10 @@ async fn hit_for_pass_lets_a_burst_reach_the_origin_concurrently() {
             seen.cache_status.contains("detail=hit-for-pass"),
             "{seen:?}"
         );
-        assert!(bodies.insert(seen.body), "each client got its own answer");
+        assert!(
+            bodies.insert(seen.text().to_owned()),
+            "each client got its own answer"
+        );
     }
     corral.shutdown().await;
 }
@@ -1030,7 +938,7 @@ async fn large_response_streams_through_without_being_stored() {
 
         // Not stored, and the key now passes straight through.
         let again = get(&client, &corral.url(path)).await;
-        assert_eq!(again.body.len(), SIZE);
+        assert_eq!(again.text().len(), SIZE);
         assert!(
             again.cache_status.contains("detail=hit-for-pass"),
             "{path}: {:?}",

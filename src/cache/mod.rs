@@ -141,7 +141,10 @@ impl CachedResponse {
     /// Builds an entry from a complete origin response, computing its
     /// directives, lifetime (under `policy`), initial age, validator and how
     /// long it must be kept. `headers` are the origin's end-to-end headers;
-    /// `Corral-Cache-Control` is taken out of them here.
+    /// `Corral-Cache-Control` is taken out of them here, and their values are
+    /// copied out of any read buffer they point into. `body` must already own
+    /// exactly its bytes (not be a slice of a larger buffer): whoever joins
+    /// the body's chunks makes that copy, once.
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
@@ -481,8 +484,10 @@ impl HotCache {
     }
 
     /// The most recently stored variant under `key`, fresh or not, whatever
-    /// request it was selected by.
-    pub fn get(&self, key: &str) -> Option<Arc<CachedResponse>> {
+    /// request it was selected by (for tests of variant order; requests use
+    /// [`HotCache::select`]).
+    #[cfg(test)]
+    fn get(&self, key: &str) -> Option<Arc<CachedResponse>> {
         self.entries.get(key)?.entries.first().cloned()
     }
 

@@ -343,9 +343,33 @@ struct Exchange {
     /// The whole body of a request that may be retried (GET or HEAD with a
     /// body known up front, usually empty). Each attempt resends it.
     replay: Option<Bytes>,
-    /// Whether the whole response, body included, must arrive within the
-    /// response limit (fills), rather than only each chunk (passes).
-    whole_response: bool,
+    /// A shared cache fill, or one client's pass.
+    kind: ExchangeKind,
+}
+
+/// What an exchange is for, which decides how much its answer may govern.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ExchangeKind {
+    /// A cache fill: a shared, credential-free GET whose whole response,
+    /// body included, must arrive within the response limit, and whose
+    /// answers speak for the origin as a whole.
+    Fill,
+    /// One client's request: only each body chunk is time-limited, and its
+    /// answers (a login's 429, a 5xx the client provoked) concern that client.
+    Pass,
+}
+
+impl ExchangeKind {
+    /// Whether the body must arrive whole within the response limit.
+    fn whole_response(self) -> bool {
+        self == ExchangeKind::Fill
+    }
+
+    /// Whether an HTTP error answer (5xx, `Retry-After`) may govern traffic
+    /// from every client: the breaker's failure count and the origin pause.
+    fn speaks_for_origin(self) -> bool {
+        self == ExchangeKind::Fill
+    }
 }
 
 impl Exchange {
@@ -354,7 +378,7 @@ impl Exchange {
         url: String,
         headers: HeaderMap,
         body: reqwest::Body,
-        whole_response: bool,
+        kind: ExchangeKind,
     ) -> Exchange {
         let idempotent = method == Method::GET || method == Method::HEAD;
         let replay = idempotent
@@ -367,7 +391,7 @@ impl Exchange {
             headers,
             body,
             replay,
-            whole_response,
+            kind,
         }
     }
 
@@ -460,11 +484,6 @@ impl OriginClient {
         })
     }
 
-    /// The origin's base URL, `http://host:port`.
-    pub fn base_url(&self) -> &str {
-        &self.shared.base
-    }
-
     /// The circuit breaker's state now.
     pub fn circuit_state(&self) -> CircuitState {
         self.shared.breaker.state()
@@ -502,7 +521,13 @@ impl OriginClient {
         route: &Route,
     ) -> Result<OriginResponse, OriginError> {
         let url = format!("{}{}", self.shared.base, path_and_query);
-        let exchange = Exchange::new(Method::GET, url, headers, Bytes::new().into(), true);
+        let exchange = Exchange::new(
+            Method::GET,
+            url,
+            headers,
+            Bytes::new().into(),
+            ExchangeKind::Fill,
+        );
         self.exchange(exchange, self.timeouts(Some(route))).await
     }
 
@@ -522,7 +547,7 @@ impl OriginClient {
         route: Option<&Route>,
     ) -> Result<OriginResponse, OriginError> {
         let url = format!("{}{}", self.shared.base, path_and_query);
-        let exchange = Exchange::new(method, url, headers, body, false);
+        let exchange = Exchange::new(method, url, headers, body, ExchangeKind::Pass);
         self.exchange(exchange, self.timeouts(route)).await
     }
 
@@ -574,7 +599,7 @@ impl OriginClient {
             let verdict = judge(&answer);
             // A pass's 5xx may be provoked by its client; only a failure to
             // get any answer, or a success, speaks for the origin as a whole.
-            let healthy = if exchange.whole_response || answer.is_err() {
+            let healthy = if exchange.kind.speaks_for_origin() || answer.is_err() {
                 verdict.healthy
             } else {
                 verdict.healthy.filter(|healthy| *healthy)
@@ -585,10 +610,8 @@ impl OriginClient {
             }
             let now = Instant::now();
             let pause = verdict.pause.map(|pause| pause.min(shared.max_retry_after));
-            // Only a cache fill (a shared, credential-free GET) may pause the
-            // whole origin: a pass's 429 answers one client (a login rate
-            // limit, say), and must not become a switch for a global outage.
-            if let Some(pause) = pause.filter(|_| exchange.whole_response) {
+            // A pass's Retry-After (a login's rate limit, say) must not pause everyone.
+            if let Some(pause) = pause.filter(|_| exchange.kind.speaks_for_origin()) {
                 self.pause(now, pause, &answer);
             }
             let answer = answer.map(|(response, body_limit)| OriginResponse {
@@ -711,12 +734,13 @@ impl OriginClient {
             request = request.body(body);
         }
         // A streamed body is bounded per read by the client's read timeout.
-        let body_limit = if !exchange.whole_response || timeouts.response <= remaining {
+        let whole_response = exchange.kind.whole_response();
+        let body_limit = if !whole_response || timeouts.response <= remaining {
             (TimeLimit::Response, timeouts.response)
         } else {
             (TimeLimit::Deadline, timeouts.request)
         };
-        if exchange.whole_response {
+        if whole_response {
             request = request.timeout(timeouts.response.min(remaining));
         }
         let (head_limit, head_error) = if timeouts.first_byte <= remaining && !streamed_upload {

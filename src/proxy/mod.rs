@@ -226,22 +226,23 @@ impl Proxy {
         let route_metrics = matched.map_or(&settings.unmatched, |(index, _)| {
             &settings.route_metrics[index]
         });
-        if let Err(refused) = self.state.admission.check(&parts) {
-            route_metrics.count(CacheOutcome::Error);
-            return refused.into_response(CacheOutcome::Error, parts.uri.path());
-        }
         let pass_reason = match matched {
             None => Some(PassReason::NoRoute),
             Some((_, route)) if !route.cache => Some(PassReason::RouteBypass),
             Some(_) => request_pass_reason(&parts.method, &parts.headers),
         };
-        let (response, outcome) = match (pass_reason, matched) {
-            (None, Some((_, route))) => {
+        let admitted = self.state.admission.check(&parts);
+        let (response, outcome) = match (admitted, pass_reason, matched) {
+            (Err(refused), _, _) => (
+                refused.into_response(CacheOutcome::Error, parts.uri.path()),
+                CacheOutcome::Error,
+            ),
+            (Ok(()), None, Some((_, route))) => {
                 drop(body);
                 self.serve_cacheable(parts, route, route_metrics, client)
                     .await
             }
-            (reason, _) => {
+            (Ok(()), reason, _) => {
                 let (body, cut_off) = if body.is_end_stream() {
                     // No body (a GET, usually): one the origin client can resend on retry.
                     (reqwest::Body::from(Bytes::new()), Default::default())
@@ -664,12 +665,7 @@ impl Proxy {
                 route,
             )
             .await;
-        if !sent.as_ref().is_err_and(OriginError::is_refusal) {
-            state
-                .metrics
-                .origin_duration
-                .observe(started.elapsed().as_secs_f64());
-        }
+        observe_origin_duration(&state.metrics, started, &sent);
         match sent {
             Ok(response) => {
                 state
@@ -850,12 +846,7 @@ impl Fill {
             .origin
             .fetch(&self.path_and_query, headers, &self.route)
             .await;
-        if !fetched.as_ref().is_err_and(OriginError::is_refusal) {
-            state
-                .metrics
-                .origin_duration
-                .observe(request_time.elapsed().as_secs_f64());
-        }
+        observe_origin_duration(&state.metrics, request_time, &fetched);
         let mut response = match fetched {
             Ok(response) => response,
             Err(error) => {
@@ -1201,6 +1192,20 @@ fn log_access(
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         bytes,
     );
+}
+
+/// Records how long an origin exchange started at `started` took, unless the
+/// origin was never contacted (a refusal answers at once and would skew it).
+fn observe_origin_duration<T>(
+    metrics: &Metrics,
+    started: Instant,
+    result: &Result<T, OriginError>,
+) {
+    if !result.as_ref().is_err_and(OriginError::is_refusal) {
+        metrics
+            .origin_duration
+            .observe(started.elapsed().as_secs_f64());
+    }
 }
 
 /// Holds a gauge up for as long as it lives, however the holder ends.

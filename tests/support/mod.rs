@@ -117,9 +117,10 @@ pub fn config_with_origin(origin: &MockOrigin, origin_keys: &str, toml: &str) ->
     Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
 }
 
-/// Waits until `condition` holds, checking every millisecond; panics naming
-/// `what` if it still does not hold after `within`. For waiting on gauges and
-/// counters, never for pacing.
+/// Waits until `condition` (a gauge or counter of the system under test)
+/// holds, checking it again each time the runtime has run the other tasks;
+/// panics naming `what` if it still does not hold after `within`. It never
+/// sleeps: the wait ends as soon as the counter moves.
 pub async fn wait_until(
     what: &str,
     within: std::time::Duration,
@@ -131,7 +132,7 @@ pub async fn wait_until(
             tokio::time::Instant::now() < deadline,
             "timed out after {within:?} waiting until {what}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
     }
 }
 
@@ -168,13 +169,16 @@ pub fn config_for_url(url: &str, toml: &str) -> Config {
     Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
 }
 
-/// What one client saw: status, `Cache-Status`, and the body or why it broke.
+/// What one client saw: status, `Cache-Status`, headers, and the body or why
+/// it broke.
 #[derive(Debug)]
 pub struct Seen {
     /// Response status.
     pub status: reqwest::StatusCode,
     /// The `Cache-Status` header, or "".
     pub cache_status: String,
+    /// Every response header.
+    pub headers: reqwest::header::HeaderMap,
     /// The whole body, or the error that cut it short.
     pub body: Result<String, String>,
 }
@@ -187,27 +191,83 @@ impl Seen {
             Err(error) => panic!("body did not arrive whole: {error}"),
         }
     }
+
+    /// The value of header `name`, if present and visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `Retry-After` header.
+    pub fn retry_after(&self) -> Option<&str> {
+        self.header("retry-after")
+    }
+
+    /// The `Set-Cookie` header.
+    pub fn set_cookie(&self) -> Option<&str> {
+        self.header("set-cookie")
+    }
+
+    /// The `Age` header, which the caller expects.
+    pub fn age(&self) -> u64 {
+        self.header("age")
+            .and_then(|age| age.parse().ok())
+            .unwrap_or_else(|| panic!("no Age: {self:?}"))
+    }
+
+    /// The `ttl` parameter of `Cache-Status`, which the caller expects.
+    pub fn ttl(&self) -> u64 {
+        ttl_of(&self.cache_status)
+    }
+}
+
+/// The `ttl` parameter of a `Cache-Status` value; panics if it has none.
+pub fn ttl_of(cache_status: &str) -> u64 {
+    cache_status
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("ttl="))
+        .and_then(|ttl| ttl.parse().ok())
+        .unwrap_or_else(|| panic!("no ttl in {cache_status:?}"))
 }
 
 /// Longest any single test request may take before the test fails.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// One GET through `client`, recording what came back.
-pub async fn get(client: &reqwest::Client, url: &str) -> Seen {
-    let response = client
-        .get(url)
-        .timeout(REQUEST_TIMEOUT)
-        .send()
-        .await
-        .expect("request reaches corral");
+/// Records what came back for `response`.
+pub async fn seen(response: reqwest::Response) -> Seen {
     let status = response.status();
     let cache_status = cache_status(&response);
+    let headers = response.headers().clone();
     let body = response.text().await.map_err(|e| format!("{e:?}"));
     Seen {
         status,
         cache_status,
+        headers,
         body,
     }
+}
+
+/// Sends `request` (bounded by [`REQUEST_TIMEOUT`]) and records what came back.
+pub async fn send(request: reqwest::RequestBuilder) -> Seen {
+    let response = request
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .expect("request reaches corral");
+    seen(response).await
+}
+
+/// One GET through `client`.
+pub async fn get(client: &reqwest::Client, url: &str) -> Seen {
+    send(client.get(url)).await
+}
+
+/// One GET through `client` with extra request headers.
+pub async fn get_with(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Seen {
+    let mut request = client.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(request).await
 }
 
 /// [`get`] on its own task.
@@ -215,4 +275,13 @@ pub fn spawn_get(client: &reqwest::Client, url: &str) -> tokio::task::JoinHandle
     let client = client.clone();
     let url = url.to_owned();
     tokio::spawn(async move { get(&client, &url).await })
+}
+
+/// Awaits every client task, in order.
+pub async fn join_all(handles: Vec<tokio::task::JoinHandle<Seen>>) -> Vec<Seen> {
+    let mut all = Vec::with_capacity(handles.len());
+    for handle in handles {
+        all.push(handle.await.expect("client task panicked"));
+    }
+    all
 }
