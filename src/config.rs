@@ -92,6 +92,30 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_REQUEST_BODY: ByteSize = ByteSize::mib(16);
 /// Default time a keep-alive client connection may sit idle between requests.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default largest response head corral accepts from the origin.
+pub const DEFAULT_MAX_RESPONSE_HEADER_SIZE: ByteSize = ByteSize::kib(64);
+
+/// Request headers a route may not name in `forward_headers`: they frame the
+/// message or the connection, carry credentials (such requests are never
+/// filled), or are corral's to set.
+const UNFORWARDABLE: [&str; 16] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "if-none-match",
+    "if-modified-since",
+    "range",
+];
 
 /// Everything corral runs from. Built from a TOML file with [`Config::load`] or
 /// [`Config::parse`], or from the command line with [`Config::for_origin`].
@@ -171,11 +195,14 @@ pub struct ServerConfig {
     /// first byte of its next request has not arrived within this time.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Hosts (`name` or `name:port`) an absolute-form request target
-    /// (`GET http://host/path HTTP/1.1`) may name besides the origin's own; any
-    /// other is refused with 421 so corral never acts as an open forward proxy.
-    /// A name without a port allows every port. `Host` headers (and HTTP/2's
-    /// `:authority`) are not restricted.
+    /// Hosts (`name` or `name:port`) corral serves besides the origin's own:
+    /// an absolute-form request target (`GET http://host/path HTTP/1.1`) must
+    /// name one of them or the origin's own (else 421: corral is never an open
+    /// forward proxy), and on a route with `preserve_host` the request's host
+    /// must be one of them or of the route's own `hosts` (else 421: the host is
+    /// then part of the cache key and sent upstream). A name without a port
+    /// allows every port. On other routes the `Host` is validated (400 when
+    /// missing, repeated or malformed) but neither keyed nor forwarded.
     pub hosts: Vec<Spanned<String>>,
 }
 
@@ -273,6 +300,11 @@ pub struct OriginConfig {
     /// Longest wait in the queue before the request is shed.
     #[serde(default = "default_queue_timeout", with = "humantime_serde")]
     pub queue_timeout: Duration,
+    /// Largest response head (status line and header fields) accepted from
+    /// the origin. A larger one is answered 502, never relayed or stored, and
+    /// counted as `head_too_large`.
+    #[serde(default = "default_max_response_header_size")]
+    pub max_response_header_size: ByteSize,
 }
 
 impl OriginConfig {
@@ -299,7 +331,15 @@ impl OriginConfig {
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             queue_depth: DEFAULT_QUEUE_DEPTH,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            max_response_header_size: DEFAULT_MAX_RESPONSE_HEADER_SIZE,
         }
+    }
+
+    /// The origin URL's authority (`host[:port]`), if the URL has one (a
+    /// validated config always does).
+    pub fn authority(&self) -> Option<http::uri::Authority> {
+        let uri = self.url.get_ref().parse::<http::Uri>().ok()?;
+        uri.authority().cloned()
     }
 
     /// Checks the protection settings serde cannot: ranges and non-zero limits.
@@ -328,6 +368,9 @@ impl OriginConfig {
         }
         if self.max_concurrent == 0 {
             return Err("origin.max_concurrent must be at least 1".into());
+        }
+        if self.max_response_header_size.as_u64() < 1024 {
+            return Err("origin.max_response_header_size must be at least 1KiB".into());
         }
         Ok(())
     }
@@ -389,6 +432,9 @@ fn default_queue_depth() -> usize {
 }
 fn default_queue_timeout() -> Duration {
     DEFAULT_QUEUE_TIMEOUT
+}
+fn default_max_response_header_size() -> ByteSize {
+    DEFAULT_MAX_RESPONSE_HEADER_SIZE
 }
 
 /// `[cache]`: the hot cache's memory budget.
@@ -465,9 +511,32 @@ pub struct RouteConfig {
     /// `false` makes this a pass-through route: never cached, never coalesced.
     #[serde(default = "default_true")]
     pub cache: bool,
-    /// `true` sends the client's `Host` to the origin instead of the origin's own.
+    /// `true` sends the client's `Host` to the origin instead of the origin's
+    /// own, and keys the cache on it. Only hosts listed in `hosts` (or
+    /// `server.hosts`) are then accepted; others get 421.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Hosts (`name` or `name:port`) this route accepts when it preserves
+    /// `Host`, besides `server.hosts`.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Request headers a cache fill forwards to the origin beyond the fixed
+    /// set (`Accept`, `Accept-Encoding`, `Accept-Language`, `Accept-Charset`,
+    /// `User-Agent`, `Cache-Control`, `Pragma`). Each one listed also selects
+    /// the stored answer, as if the origin always named it in `Vary`: a client
+    /// can change what the origin sees only for the clients that send the
+    /// same value. On a cacheable route this is also how a client's
+    /// `X-Forwarded-*`, `Forwarded` or override header (`X-Original-URL`, …)
+    /// reaches the origin; otherwise corral sends its own forwarding headers.
+    #[serde(default)]
+    pub forward_headers: Vec<Spanned<String>>,
+    /// What a client's `Cache-Control: no-cache` / `max-age` / `min-fresh`
+    /// and `Pragma: no-cache` do on this route: `"honour"` (RFC 9111: the
+    /// stored answer is revalidated first; concurrent such requests share one
+    /// revalidation) or `"ignore"` (served from the cache as if unsaid, and not
+    /// forwarded, so clients cannot force origin traffic).
+    #[serde(default)]
+    pub client_no_cache: ClientNoCache,
     /// Overrides `origin.connect_timeout` for requests on this route.
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
@@ -496,6 +565,45 @@ fn default_heuristic_max() -> Duration {
 }
 fn default_true() -> bool {
     true
+}
+
+/// Whether a route lets clients' cache directives force a trip to the origin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientNoCache {
+    /// Honoured as RFC 9111 says (the default).
+    #[default]
+    Honour,
+    /// Ignored: the cache answers as if the client had said nothing.
+    Ignore,
+}
+
+/// A host (and optionally one port) a request may name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    /// Lowercase host name or address (IPv6 in brackets, as in a URI).
+    pub host: String,
+    /// The only port allowed, or `None` for any.
+    pub port: Option<u16>,
+}
+
+impl HostPattern {
+    /// Parses a `name` or `name:port` entry; `None` when it is not one.
+    pub fn parse(entry: &str) -> Option<HostPattern> {
+        let authority = entry.parse::<http::uri::Authority>().ok()?;
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return None;
+        }
+        Some(HostPattern {
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16(),
+        })
+    }
+
+    /// Whether `host` (any case) on `port` is allowed.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        self.host.eq_ignore_ascii_case(host) && self.port.is_none_or(|p| p == port)
+    }
 }
 
 /// Why a configuration was refused. Displays as `file:line:col: reason` when the
@@ -594,6 +702,9 @@ impl Config {
                 hit_for_pass: DEFAULT_HIT_FOR_PASS,
                 cache: true,
                 preserve_host: false,
+                hosts: Vec::new(),
+                forward_headers: Vec::new(),
+                client_no_cache: ClientNoCache::Honour,
                 connect_timeout: None,
                 first_byte_timeout: None,
                 timeout: None,
@@ -653,6 +764,45 @@ impl Config {
                     route.pattern.span(),
                     format!("route {pattern:?}: timeouts must be longer than zero"),
                 ));
+            }
+            for host in &route.hosts {
+                if HostPattern::parse(host.get_ref()).is_none() {
+                    return Err((
+                        host.span(),
+                        format!(
+                            "route {pattern:?}: hosts entry {:?} must be a host name or host:port",
+                            host.get_ref()
+                        ),
+                    ));
+                }
+            }
+            if route.preserve_host && route.hosts.is_empty() && self.server.hosts.is_empty() {
+                return Err((
+                    route.pattern.span(),
+                    format!(
+                        "route {pattern:?} preserves Host but no hosts are listed (the route's `hosts` or `server.hosts`): any client could pick the key and the upstream Host"
+                    ),
+                ));
+            }
+            for name in &route.forward_headers {
+                let text = name.get_ref();
+                let lower = text.to_ascii_lowercase();
+                if http::HeaderName::from_bytes(text.as_bytes()).is_err() {
+                    return Err((
+                        name.span(),
+                        format!(
+                            "route {pattern:?}: forward_headers entry {text:?} is not a header name"
+                        ),
+                    ));
+                }
+                if UNFORWARDABLE.contains(&lower.as_str()) || lower.starts_with("if-") {
+                    return Err((
+                        name.span(),
+                        format!(
+                            "route {pattern:?}: forward_headers cannot name {text:?}: it frames the message, carries credentials or a condition, or is corral's to set"
+                        ),
+                    ));
+                }
             }
             if route.lock_timeout.is_zero() {
                 return Err((
@@ -721,10 +871,7 @@ impl Config {
         }
         for host in &self.server.hosts {
             let name = host.get_ref();
-            let valid = name
-                .parse::<http::uri::Authority>()
-                .is_ok_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
-            if !valid {
+            if HostPattern::parse(name).is_none() {
                 return Err((
                     host.span(),
                     format!("server.hosts entry {name:?} must be a host name or host:port"),
@@ -771,6 +918,17 @@ impl Config {
                     hit_for_pass: r.hit_for_pass,
                     cache: r.cache,
                     preserve_host: r.preserve_host,
+                    hosts: r
+                        .hosts
+                        .iter()
+                        .filter_map(|h| HostPattern::parse(h.get_ref()))
+                        .collect(),
+                    forward_headers: r
+                        .forward_headers
+                        .iter()
+                        .filter_map(|h| http::HeaderName::from_bytes(h.get_ref().as_bytes()).ok())
+                        .collect(),
+                    client_no_cache: r.client_no_cache,
                     connect_timeout: r.connect_timeout,
                     first_byte_timeout: r.first_byte_timeout,
                     timeout: r.timeout,
@@ -815,8 +973,16 @@ pub struct Route {
     pub hit_for_pass: Duration,
     /// Whether responses on this route are cached and coalesced at all.
     pub cache: bool,
-    /// Whether the client's `Host` is forwarded to the origin instead of the origin's.
+    /// Whether the client's `Host` is forwarded to the origin (and keyed on)
+    /// instead of the origin's.
     pub preserve_host: bool,
+    /// Hosts this route accepts besides `server.hosts` when it preserves `Host`.
+    pub hosts: Vec<HostPattern>,
+    /// Request headers fills forward beyond the fixed set; each also selects
+    /// the stored variant (compared byte for byte).
+    pub forward_headers: Vec<http::HeaderName>,
+    /// Whether clients' cache directives may force a trip to the origin.
+    pub client_no_cache: ClientNoCache,
     /// Override of the origin's connect timeout, if any.
     pub connect_timeout: Option<Duration>,
     /// Override of the origin's first-byte timeout, if any.

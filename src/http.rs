@@ -147,17 +147,6 @@ pub fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|name| !name.is_empty())
 }
 
-/// The primary cache key: the request's host and its path with query, verbatim.
-/// GET and HEAD share it: a HEAD is answered from the stored GET.
-pub fn cache_key(host: &str, path_and_query: &str) -> String {
-    let mut key = String::with_capacity(host.len() + path_and_query.len());
-    key.push_str(host);
-    // Host names are case-insensitive; paths are not.
-    key.make_ascii_lowercase();
-    key.push_str(path_and_query);
-    key
-}
-
 /// The path and query a `Location` or `Content-Location` value names on the
 /// request's own origin, resolved against `request_path`, or `None` when it
 /// names another origin (or is not a URI). RFC 9111 §4.4 lets a cache
@@ -446,11 +435,6 @@ mod tests {
             ("cdn-cache-control", "max-age=60"),
         ];
         assert_eq!(shared(&cdn, None), Shareability::Store);
-    }
-
-    #[test]
-    fn cache_key_lowercases_host_not_path() {
-        assert_eq!(cache_key("Shop.Example", "/A?b=C"), "shop.example/A?b=C");
     }
 
     #[test]

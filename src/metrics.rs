@@ -326,13 +326,18 @@ pub enum ClientLimit {
     Idle,
     /// A method corral never proxies, such as CONNECT (405).
     Method,
-    /// An absolute-form request target named a host corral does not serve (421).
+    /// The request named a host corral does not serve (421): an absolute-form
+    /// target, or a host a `preserve_host` route does not list.
     Host,
+    /// The request was malformed in a way only corral checks (400): a missing,
+    /// repeated or invalid `Host`, a body on a cacheable GET or HEAD, a request
+    /// body whose framing broke.
+    Malformed,
 }
 
 impl ClientLimit {
     /// Every limit, in label order.
-    pub const ALL: [ClientLimit; 7] = [
+    pub const ALL: [ClientLimit; 8] = [
         ClientLimit::HeaderTimeout,
         ClientLimit::HeaderSize,
         ClientLimit::BodySize,
@@ -340,6 +345,7 @@ impl ClientLimit {
         ClientLimit::Idle,
         ClientLimit::Method,
         ClientLimit::Host,
+        ClientLimit::Malformed,
     ];
 
     /// The label value.
@@ -352,6 +358,7 @@ impl ClientLimit {
             ClientLimit::Idle => "idle",
             ClientLimit::Method => "method",
             ClientLimit::Host => "host",
+            ClientLimit::Malformed => "malformed",
         }
     }
 }

@@ -7,6 +7,10 @@
 //! bound), for counters, or on gates. Timeouts under test are short and real.
 mod support;
 
+use support::raw_client::{
+    BOUND, Closed, find, read_response, read_until_closed, send_raw, status_of,
+};
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -18,92 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
-
-/// Overall bound on anything a test waits for; generous, never a speed claim.
-const BOUND: Duration = Duration::from_secs(10);
-
-/// What a raw client saw once the server closed its connection.
-#[derive(Debug)]
-struct Closed {
-    /// Every byte received before the close.
-    bytes: Vec<u8>,
-    /// Whether the close was a reset rather than an orderly FIN.
-    reset: bool,
-}
-
-impl Closed {
-    fn status(&self) -> Option<u16> {
-        status_of(&self.bytes)
-    }
-}
-
-/// Reads until the server closes the connection, which must happen within [`BOUND`].
-async fn read_until_closed(stream: &mut TcpStream) -> Closed {
-    let read_all = async {
-        let mut bytes = Vec::new();
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) => {
-                    return Closed {
-                        bytes,
-                        reset: false,
-                    };
-                }
-                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-                Err(_) => return Closed { bytes, reset: true },
-            }
-        }
-    };
-    timeout(BOUND, read_all)
-        .await
-        .expect("the server closes the connection")
-}
-
-/// Reads one `Content-Length`-framed response from a keep-alive connection and
-/// returns its status and body.
-async fn read_response(stream: &mut TcpStream) -> (u16, String) {
-    let read_one = async {
-        let mut bytes = Vec::new();
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            if let Some(end) = find(&bytes, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|line| line.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().expect("numeric content-length"));
-                if bytes.len() >= end + 4 + length {
-                    let body = String::from_utf8_lossy(&bytes[end + 4..end + 4 + length]);
-                    return (status_of(&bytes).expect("a status line"), body.into_owned());
-                }
-            }
-            let n = stream.read(&mut chunk).await.expect("read response");
-            assert!(
-                n > 0,
-                "connection closed before a whole response: {bytes:?}"
-            );
-            bytes.extend_from_slice(&chunk[..n]);
-        }
-    };
-    timeout(BOUND, read_one).await.expect("a response arrives")
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn status_of(bytes: &[u8]) -> Option<u16> {
-    let line = bytes.strip_prefix(b"HTTP/1.1 ")?;
-    std::str::from_utf8(line.get(..3)?).ok()?.parse().ok()
-}
-
-/// Connects and writes `request` verbatim.
-async fn send_raw(addr: SocketAddr, request: &[u8]) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write request");
-    stream
-}
 
 fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: corral.test\r\n\r\n").into_bytes()
@@ -199,14 +117,7 @@ async fn slowloris_is_cut_off_after_the_header_timeout_while_others_are_served()
         "only the complete requests reached the origin"
     );
 
-    let metrics = client
-        .get(corral.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = corral.metrics_text().await;
     assert!(
         metrics.contains(r#"corral_client_limit_total{limit="header_timeout"} 2"#),
         "{metrics}"
@@ -240,11 +151,7 @@ async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
         "[server]\nheader_read_timeout = \"10s\"\nidle_timeout = \"300ms\"\n",
     )
     .await;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let client = support::h2_client();
 
     let response = client.get(corral.url("/a")).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
@@ -479,10 +386,12 @@ async fn origin_host_is_sent_upstream_unless_the_route_preserves_it() {
 [[route]]
 match = "/kept/"
 preserve_host = true
+hosts = ["shop.example"]
 [[route]]
 match = "/kept-pass/"
 cache = false
 preserve_host = true
+hosts = ["shop.example"]
 [[route]]
 match = "/"
 "#,

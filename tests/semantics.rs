@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use corral::http::cache_key;
+use corral::cache::CacheKey;
 use corral::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
 use reqwest::StatusCode;
 
@@ -44,8 +44,8 @@ fn is_leader_miss(seen: &Seen) -> bool {
 }
 
 /// The primary cache key corral uses for `path` on this proxy.
-fn key(corral: &support::TestProxy, path: &str) -> String {
-    cache_key(&corral.addr.to_string(), path)
+fn key(corral: &support::TestProxy, path: &str) -> CacheKey {
+    corral.proxy.origin_key(path)
 }
 
 /// The values of `name` each request to a scripted path carried, in order.

@@ -40,11 +40,7 @@ async fn h2c_prior_knowledge_is_served_and_shares_the_cache() {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/p", Reply::ok("over h2"));
     let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = support::h2_client();
 
     let first = h2.get(corral.url("/p")).send().await.unwrap();
     assert_eq!(first.version(), reqwest::Version::HTTP_2);

@@ -368,6 +368,20 @@ pub struct RequestDirectives {
 }
 
 impl RequestDirectives {
+    /// These directives without the ones a client could use to force a trip
+    /// to the origin past a usable stored answer (`no-cache`, `no-store`,
+    /// `max-age`, `min-fresh`), for routes that ignore them. `max-stale` and
+    /// `only-if-cached` only ever spare the origin, and stay.
+    pub fn without_origin_forcing(self) -> RequestDirectives {
+        RequestDirectives {
+            no_cache: false,
+            no_store: false,
+            max_age: None,
+            min_fresh: None,
+            ..self
+        }
+    }
+
     /// Reads `Cache-Control` from request headers; `Pragma: no-cache` counts
     /// as `no-cache` only when the request has no `Cache-Control` at all
     /// (RFC 9111 §5.4).

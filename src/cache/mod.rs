@@ -10,6 +10,7 @@
 //! included ([`CachedResponse::keep_until`]).
 
 pub mod freshness;
+pub mod key;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,6 +23,8 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 use tokio::time::Instant;
+
+pub use key::CacheKey;
 
 use freshness::{
     CORRAL_CACHE_CONTROL, FreshnessPolicy, Lifetime, LifetimeSource, RequestDirectives,
@@ -198,18 +201,20 @@ impl CachedResponse {
     /// This entry updated by a 304 (RFC 9111 §4.3.4) that answered a
     /// revalidation for `request`: the same body, the stored headers merged
     /// with the 304's ([`freshness::freshen_headers`]), the variant taken
-    /// again from the merged `Vary`, freshness computed afresh from the 304's
+    /// again from the merged `Vary` and the route's `forwarded` headers,
+    /// freshness computed afresh from the 304's
     /// arrival. Check [`freshness::not_modified_applies`] against
     /// [`origin_headers`](Self::origin_headers) first.
     pub fn freshened(
         &self,
         not_modified: &HeaderMap,
         request: &HeaderMap,
+        forwarded: &[HeaderName],
         timing: Timing,
         policy: &FreshnessPolicy,
     ) -> CachedResponse {
         let merged = freshness::freshen_headers(&self.origin_headers(), not_modified);
-        let variant = Variant::capture(crate::http::vary_names(&merged), request);
+        let variant = Variant::capture(crate::http::vary_names(&merged), forwarded, request);
         CachedResponse::new(
             self.status,
             merged,
@@ -315,37 +320,66 @@ fn longest_stale_window(
 }
 
 /// The request header values a stored variant was chosen by, per `Vary`
-/// (RFC 9111 §4.1). A request is served this variant only if, for each
-/// header, it is absent in both or present in both with the same normalised
-/// value: list members compared across lines, whitespace trimmed and
-/// collapsed, empty members ignored; `Accept*` members case-insensitively.
+/// (RFC 9111 §4.1), and per the route's `forward_headers` (headers a fill
+/// forwards, so they may shape the answer: they select it too). A request is
+/// served this variant only if, for each header, it is absent in both or
+/// present in both with the same value. `Vary` values are compared
+/// normalised: list members across lines, whitespace trimmed and collapsed,
+/// empty members ignored, `Accept*` members case-insensitively. Forwarded
+/// headers are compared byte for byte, line by line: the origin saw exactly
+/// those bytes.
 #[derive(Debug, Clone, Default)]
 pub struct Variant {
-    selecting: Vec<(HeaderName, Vec<HeaderValue>)>,
+    selecting: Vec<Selecting>,
+}
+
+/// One request header a variant was chosen by.
+#[derive(Debug, Clone)]
+struct Selecting {
+    name: HeaderName,
+    values: Vec<HeaderValue>,
+    /// Compared byte for byte (a forwarded header) rather than normalised.
+    exact: bool,
 }
 
 impl Variant {
-    /// Records, for each header named by the response's `Vary`, the values the
-    /// request carried.
-    pub fn capture<'a>(vary: impl Iterator<Item = &'a str>, request: &HeaderMap) -> Variant {
-        let selecting = vary
+    /// Records, for each header named by the response's `Vary`, and for each
+    /// header in `forwarded`, the values the request carried.
+    pub fn capture<'a>(
+        vary: impl Iterator<Item = &'a str>,
+        forwarded: &[HeaderName],
+        request: &HeaderMap,
+    ) -> Variant {
+        let values_of =
+            |name: &HeaderName| request.get_all(name).iter().map(detach_value).collect();
+        let varied = vary
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .map(|name| {
-                let values = request.get_all(&name).iter().map(detach_value).collect();
-                (name, values)
-            })
-            .collect();
-        Variant { selecting }
+            .filter(|name| !forwarded.contains(name))
+            .map(|name| Selecting {
+                values: values_of(&name),
+                name,
+                exact: false,
+            });
+        let forwarded = forwarded.iter().map(|name| Selecting {
+            values: values_of(name),
+            name: name.clone(),
+            exact: true,
+        });
+        Variant {
+            selecting: varied.chain(forwarded).collect(),
+        }
     }
 
     /// Whether `request` selects this variant. Allocates nothing.
     pub fn matches(&self, request: &HeaderMap) -> bool {
-        self.selecting.iter().all(|(name, stored)| {
-            let mut sent = request.get_all(name).iter().peekable();
+        self.selecting.iter().all(|selecting| {
+            let stored = &selecting.values;
+            let mut sent = request.get_all(&selecting.name).iter().peekable();
             match (stored.is_empty(), sent.peek().is_none()) {
                 (true, true) => true,
                 (true, false) | (false, true) => false,
-                (false, false) => same_list(name, stored.iter(), sent),
+                (false, false) if selecting.exact => stored.iter().eq(sent),
+                (false, false) => same_list(&selecting.name, stored.iter(), sent),
             }
         })
     }
@@ -406,8 +440,9 @@ struct Variants {
 }
 
 impl Variants {
-    fn weight(&self, key: &str) -> u32 {
-        let total: usize = key.len() + self.entries.iter().map(|e| e.weight()).sum::<usize>();
+    fn weight(&self, key: &CacheKey) -> u32 {
+        let total: usize =
+            key.as_str().len() + self.entries.iter().map(|e| e.weight()).sum::<usize>();
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
@@ -428,10 +463,10 @@ impl EvictWhenUnservable {
     }
 }
 
-impl Expiry<String, Arc<Variants>> for EvictWhenUnservable {
+impl Expiry<CacheKey, Arc<Variants>> for EvictWhenUnservable {
     fn expire_after_create(
         &self,
-        _key: &String,
+        _key: &CacheKey,
         value: &Arc<Variants>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
@@ -440,7 +475,7 @@ impl Expiry<String, Arc<Variants>> for EvictWhenUnservable {
 
     fn expire_after_update(
         &self,
-        _key: &String,
+        _key: &CacheKey,
         value: &Arc<Variants>,
         _updated_at: std::time::Instant,
         _duration_until_expiry: Option<Duration>,
@@ -453,7 +488,7 @@ impl Expiry<String, Arc<Variants>> for EvictWhenUnservable {
 /// variants stored for it. Cheap to clone; clones share the same entries.
 #[derive(Clone)]
 pub struct HotCache {
-    entries: Cache<String, Arc<Variants>>,
+    entries: Cache<CacheKey, Arc<Variants>>,
     max_variants: usize,
 }
 
@@ -469,7 +504,7 @@ impl HotCache {
     ) -> HotCache {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &String, value: &Arc<Variants>| value.weight(key))
+            .weigher(|key: &CacheKey, value: &Arc<Variants>| value.weight(key))
             .expire_after(EvictWhenUnservable)
             .eviction_listener(move |_key, _value, cause| {
                 if cause == RemovalCause::Size {
@@ -487,13 +522,13 @@ impl HotCache {
     /// request it was selected by (for tests of variant order; requests use
     /// [`HotCache::select`]).
     #[cfg(test)]
-    fn get(&self, key: &str) -> Option<Arc<CachedResponse>> {
+    fn get(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
         self.entries.get(key)?.entries.first().cloned()
     }
 
     /// The most recently stored variant under `key` that `request` selects,
     /// fresh or not; callers judge freshness.
-    pub fn select(&self, key: &str, request: &HeaderMap) -> Option<Arc<CachedResponse>> {
+    pub fn select(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<CachedResponse>> {
         let variants = self.entries.get(key)?;
         variants
             .entries
@@ -503,7 +538,7 @@ impl HotCache {
     }
 
     /// Number of variants stored under `key`.
-    pub fn variant_count(&self, key: &str) -> usize {
+    pub fn variant_count(&self, key: &CacheKey) -> usize {
         self.entries.get(key).map_or(0, |v| v.entries.len())
     }
 
@@ -511,7 +546,7 @@ impl HotCache {
     /// variant `request` selected, goes first, and the oldest variants beyond
     /// `max_variants` (and any that can no longer be served) are dropped.
     /// Atomic per key; visible to every later lookup once this returns.
-    pub fn insert(&self, key: String, entry: Arc<CachedResponse>, request: &HeaderMap) {
+    pub fn insert(&self, key: CacheKey, entry: Arc<CachedResponse>, request: &HeaderMap) {
         let now = Instant::now();
         let max_variants = self.max_variants;
         self.entries.entry(key).and_compute_with(|existing| {
@@ -531,9 +566,9 @@ impl HotCache {
 
     /// Removes `entry` from the variants under `key`, if it is still stored
     /// there (a newer one stored since is left alone).
-    pub fn remove_variant(&self, key: &str, entry: &Arc<CachedResponse>) {
+    pub fn remove_variant(&self, key: &CacheKey, entry: &Arc<CachedResponse>) {
         self.entries
-            .entry(key.to_owned())
+            .entry(key.clone())
             .and_compute_with(|existing| {
                 let Some(existing) = existing else {
                     return Op::Nop;
@@ -556,28 +591,28 @@ impl HotCache {
             });
     }
 
-    /// Removes every entry whose path (the key without its host) equals one of
-    /// `exact` or starts with one of `prefixes`; returns how many keys were
+    /// Removes every entry whose path and query (on any authority) equals one
+    /// of `exact` or starts with one of `prefixes`; returns how many keys were
     /// removed. Walks the whole cache: an admin operation, not a request-path one.
     pub fn purge(&self, exact: &[String], prefixes: &[String]) -> usize {
-        let doomed: Vec<Arc<String>> = self
+        let doomed: Vec<Arc<CacheKey>> = self
             .entries
             .iter()
             .map(|(key, _)| key)
             .filter(|key| {
-                let path = key.find('/').map_or("", |at| &key[at..]);
+                let path = key.path_and_query();
                 exact.iter().any(|e| e == path)
                     || prefixes.iter().any(|p| path.starts_with(p.as_str()))
             })
             .collect();
         for key in &doomed {
-            self.entries.invalidate(key.as_str());
+            self.entries.invalidate(key.as_ref());
         }
         doomed.len()
     }
 
     /// Removes every variant stored under `key`, if any.
-    pub fn invalidate(&self, key: &str) {
+    pub fn invalidate(&self, key: &CacheKey) {
         self.entries.invalidate(key);
     }
 
@@ -602,7 +637,7 @@ impl HotCache {
 /// them (hit-for-pass). Bounded in entries; marks expire on tokio's clock.
 #[derive(Clone)]
 pub struct PassMarks {
-    marks: Cache<String, Instant>,
+    marks: Cache<CacheKey, Instant>,
 }
 
 impl PassMarks {
@@ -617,17 +652,17 @@ impl PassMarks {
     }
 
     /// Marks `key` as pass until `until`.
-    pub fn mark(&self, key: String, until: Instant) {
+    pub fn mark(&self, key: CacheKey, until: Instant) {
         self.marks.insert(key, until);
     }
 
     /// Whether `key` is marked as pass at `now`.
-    pub fn is_marked(&self, key: &str, now: Instant) -> bool {
+    pub fn is_marked(&self, key: &CacheKey, now: Instant) -> bool {
         self.marks.get(key).is_some_and(|until| now < until)
     }
 
     /// Forgets `key`'s mark (its answer became shareable again).
-    pub fn clear(&self, key: &str) {
+    pub fn clear(&self, key: &CacheKey) {
         self.marks.invalidate(key);
     }
 }
@@ -635,6 +670,10 @@ impl PassMarks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(path: &str) -> CacheKey {
+        CacheKey::new("test.example", path)
+    }
 
     #[test]
     fn stored_header_values_never_point_into_the_read_buffer() {
@@ -781,9 +820,9 @@ mod tests {
             &FreshnessPolicy::with_ttl(Duration::ZERO),
         ));
         assert_eq!(stored.lifetime.duration, freshness::DELTA_SECONDS_MAX);
-        cache.insert("k".into(), stored, &HeaderMap::new());
+        cache.insert(key("/k"), stored, &HeaderMap::new());
         cache.run_pending_tasks();
-        assert_eq!(cache.variant_count("k"), 1);
+        assert_eq!(cache.variant_count(&key("/k")), 1);
     }
 
     #[tokio::test]
@@ -796,7 +835,7 @@ mod tests {
         static BODY: [u8; 1024] = [b'x'; 1024];
         for i in 0..1000 {
             cache.insert(
-                format!("k{i}"),
+                key(&format!("/k{i}")),
                 entry(&BODY, Duration::from_secs(60)),
                 &HeaderMap::new(),
             );
@@ -814,23 +853,23 @@ mod tests {
     #[test]
     fn purge_matches_paths_exactly_or_by_prefix_across_hosts() {
         let cache = HotCache::new(1 << 20, 8, || {});
-        for key in [
-            "a.example/p/1",
-            "b.example/p/1",
-            "a.example/p/2",
-            "a.example/q/1",
+        for (host, path) in [
+            ("a.example", "/p/1"),
+            ("b.example", "/p/1"),
+            ("a.example", "/p/2"),
+            ("a.example", "/q/1"),
         ] {
             cache.insert(
-                key.to_owned(),
+                CacheKey::new(host, path),
                 entry(b"x", Duration::from_secs(60)),
                 &HeaderMap::new(),
             );
         }
         assert_eq!(cache.purge(&["/p/1".to_owned()], &[]), 2);
-        assert!(cache.get("a.example/p/2").is_some());
+        assert!(cache.get(&CacheKey::new("a.example", "/p/2")).is_some());
         assert_eq!(cache.purge(&[], &["/q/".to_owned()]), 1);
-        assert!(cache.get("a.example/q/1").is_none());
-        assert!(cache.get("a.example/p/2").is_some());
+        assert!(cache.get(&CacheKey::new("a.example", "/q/1")).is_none());
+        assert!(cache.get(&CacheKey::new("a.example", "/p/2")).is_some());
     }
 
     #[test]
@@ -839,23 +878,24 @@ mod tests {
         let variants = Variants {
             entries: vec![Arc::clone(&stored), stored],
         };
+        let key = key("/k");
         assert_eq!(
-            variants.weight("key"),
-            (3 + 2 * (ENTRY_OVERHEAD + 100)) as u32
+            variants.weight(&key),
+            (key.as_str().len() + 2 * (ENTRY_OVERHEAD + 100)) as u32
         );
     }
 
     #[test]
     fn variant_matches_only_the_same_selecting_values() {
         let gzip = headers(&[("accept-encoding", "gzip")]);
-        let variant = Variant::capture(["Accept-Encoding"].into_iter(), &gzip);
+        let variant = Variant::capture(["Accept-Encoding"].into_iter(), &[], &gzip);
         assert!(variant.matches(&gzip));
         assert!(!variant.matches(&HeaderMap::new()));
         let br = headers(&[("accept-encoding", "br")]);
         assert!(!variant.matches(&br));
         assert!(Variant::default().matches(&br));
         // Absent only matches absent.
-        let none = Variant::capture(["accept-encoding"].into_iter(), &HeaderMap::new());
+        let none = Variant::capture(["accept-encoding"].into_iter(), &[], &HeaderMap::new());
         assert!(none.matches(&HeaderMap::new()));
         assert!(!none.matches(&gzip));
     }
@@ -863,7 +903,7 @@ mod tests {
     #[test]
     fn variant_values_are_normalised() {
         let stored = headers(&[("accept-language", "en-GB,  fr;q=0.5")]);
-        let variant = Variant::capture(["accept-language"].into_iter(), &stored);
+        let variant = Variant::capture(["accept-language"].into_iter(), &[], &stored);
         for same in [
             &[("accept-language", "en-GB, fr;q=0.5")][..],
             &[("accept-language", " EN-gb ,fr;q=0.5 ,")][..],
@@ -882,7 +922,11 @@ mod tests {
             assert!(!variant.matches(&headers(other)), "{other:?}");
         }
         // Outside Accept*, case matters.
-        let tenant = Variant::capture(["x-tenant"].into_iter(), &headers(&[("x-tenant", "Acme")]));
+        let tenant = Variant::capture(
+            ["x-tenant"].into_iter(),
+            &[],
+            &headers(&[("x-tenant", "Acme")]),
+        );
         assert!(tenant.matches(&headers(&[("x-tenant", "  Acme ")])));
         assert!(!tenant.matches(&headers(&[("x-tenant", "acme")])));
     }
@@ -895,59 +939,68 @@ mod tests {
         entry_with(
             body,
             Duration::from_secs(60),
-            Variant::capture(["accept-language"].into_iter(), &language(tag)),
+            Variant::capture(["accept-language"].into_iter(), &[], &language(tag)),
         )
     }
 
     #[test]
     fn variants_are_kept_apart_and_replaced_per_selection() {
         let cache = HotCache::new(1 << 20, 8, || {});
-        cache.insert("k".into(), variant_for("en", b"en-1"), &language("en"));
-        cache.insert("k".into(), variant_for("fr", b"fr-1"), &language("fr"));
-        assert_eq!(cache.select("k", &language("en")).unwrap().body, "en-1");
-        assert_eq!(cache.select("k", &language("fr")).unwrap().body, "fr-1");
-        assert!(cache.select("k", &language("de")).is_none());
-        cache.insert("k".into(), variant_for("en", b"en-2"), &language("en"));
-        assert_eq!(cache.variant_count("k"), 2);
-        assert_eq!(cache.select("k", &language("en")).unwrap().body, "en-2");
-        assert_eq!(cache.get("k").unwrap().body, "en-2");
+        cache.insert(key("/k"), variant_for("en", b"en-1"), &language("en"));
+        cache.insert(key("/k"), variant_for("fr", b"fr-1"), &language("fr"));
+        assert_eq!(
+            cache.select(&key("/k"), &language("en")).unwrap().body,
+            "en-1"
+        );
+        assert_eq!(
+            cache.select(&key("/k"), &language("fr")).unwrap().body,
+            "fr-1"
+        );
+        assert!(cache.select(&key("/k"), &language("de")).is_none());
+        cache.insert(key("/k"), variant_for("en", b"en-2"), &language("en"));
+        assert_eq!(cache.variant_count(&key("/k")), 2);
+        assert_eq!(
+            cache.select(&key("/k"), &language("en")).unwrap().body,
+            "en-2"
+        );
+        assert_eq!(cache.get(&key("/k")).unwrap().body, "en-2");
     }
 
     #[test]
     fn variants_beyond_the_cap_drop_the_oldest() {
         let cache = HotCache::new(1 << 20, 2, || {});
         for (tag, body) in [("en", b"en"), ("fr", b"fr"), ("de", b"de")] {
-            cache.insert("k".into(), variant_for(tag, body), &language(tag));
+            cache.insert(key("/k"), variant_for(tag, body), &language(tag));
         }
-        assert_eq!(cache.variant_count("k"), 2);
-        assert!(cache.select("k", &language("en")).is_none());
-        assert!(cache.select("k", &language("fr")).is_some());
-        assert!(cache.select("k", &language("de")).is_some());
+        assert_eq!(cache.variant_count(&key("/k")), 2);
+        assert!(cache.select(&key("/k"), &language("en")).is_none());
+        assert!(cache.select(&key("/k"), &language("fr")).is_some());
+        assert!(cache.select(&key("/k"), &language("de")).is_some());
     }
 
     #[test]
     fn remove_variant_removes_only_that_entry() {
         let cache = HotCache::new(1 << 20, 8, || {});
         let en = variant_for("en", b"en");
-        cache.insert("k".into(), Arc::clone(&en), &language("en"));
-        cache.insert("k".into(), variant_for("fr", b"fr"), &language("fr"));
-        cache.remove_variant("k", &en);
-        assert_eq!(cache.variant_count("k"), 1);
+        cache.insert(key("/k"), Arc::clone(&en), &language("en"));
+        cache.insert(key("/k"), variant_for("fr", b"fr"), &language("fr"));
+        cache.remove_variant(&key("/k"), &en);
+        assert_eq!(cache.variant_count(&key("/k")), 1);
         // Already gone: nothing happens.
-        cache.remove_variant("k", &en);
-        assert_eq!(cache.variant_count("k"), 1);
-        let fr = cache.select("k", &language("fr")).unwrap();
-        cache.remove_variant("k", &fr);
-        assert_eq!(cache.variant_count("k"), 0);
-        assert!(cache.get("k").is_none());
+        cache.remove_variant(&key("/k"), &en);
+        assert_eq!(cache.variant_count(&key("/k")), 1);
+        let fr = cache.select(&key("/k"), &language("fr")).unwrap();
+        cache.remove_variant(&key("/k"), &fr);
+        assert_eq!(cache.variant_count(&key("/k")), 0);
+        assert!(cache.get(&key("/k")).is_none());
     }
 
     #[tokio::test(start_paused = true)]
     async fn pass_marks_expire_on_tokio_time() {
         let marks = PassMarks::new(10);
-        marks.mark("k".into(), Instant::now() + Duration::from_secs(5));
-        assert!(marks.is_marked("k", Instant::now()));
+        marks.mark(key("/k"), Instant::now() + Duration::from_secs(5));
+        assert!(marks.is_marked(&key("/k"), Instant::now()));
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(!marks.is_marked("k", Instant::now()));
+        assert!(!marks.is_marked(&key("/k"), Instant::now()));
     }
 }

@@ -149,6 +149,20 @@ pub enum OriginError {
     /// The response head arrived but its body broke off midway.
     #[error("origin body broke off: {0}")]
     Body(#[source] reqwest::Error),
+    /// The origin answered something that is not an HTTP response (a bad
+    /// status line, malformed header fields). Not a transport blip: never
+    /// retried.
+    #[error("origin sent an invalid response: {0}")]
+    InvalidResponse(#[source] reqwest::Error),
+    /// The origin's response head is larger than
+    /// `origin.max_response_header_size`: never relayed, stored or retried.
+    #[error("origin response head of about {size} bytes exceeds the limit of {limit}")]
+    ResponseHeadTooLarge {
+        /// Bytes in the status line and header fields.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
     /// The request was not sent: the origin is being protected.
     #[error("origin not contacted ({reason}); retry after {retry_after:?}")]
     Refused {
@@ -186,6 +200,8 @@ impl OriginError {
             OriginError::TimedOut { limit, .. } => limit.as_str(),
             OriginError::Request(_) => "request_error",
             OriginError::Body(_) => "body_error",
+            OriginError::InvalidResponse(_) => "invalid_response",
+            OriginError::ResponseHeadTooLarge { .. } => "head_too_large",
             OriginError::Refused { reason, .. } => reason.as_str(),
         }
     }
@@ -331,6 +347,8 @@ struct Shared {
     breaker: Arc<Breaker>,
     limit: ConcurrencyLimit,
     metrics: OriginMetrics,
+    /// `origin.max_response_header_size`, in bytes.
+    max_response_head: u64,
 }
 
 /// One request to send, perhaps several times.
@@ -425,11 +443,13 @@ impl OriginClient {
     /// The TLS/resolver backend could not be initialised.
     pub fn new(config: &OriginConfig, metrics: &Metrics) -> Result<OriginClient, reqwest::Error> {
         let defaults = Timeouts::from_config(config);
+        let max_response_head = config.max_response_header_size.as_u64();
         let client = build_client(
             defaults.connect,
             defaults.response,
             config.pool_idle_timeout,
             config.pool_max_idle,
+            max_response_head,
         )?;
         let base = config.url.get_ref().trim_end_matches('/').to_owned();
         let label = base
@@ -480,6 +500,7 @@ impl OriginClient {
                 breaker: Arc::new(breaker),
                 limit,
                 metrics,
+                max_response_head,
             }),
         })
     }
@@ -756,7 +777,14 @@ impl OriginClient {
         };
         match tokio::time::timeout(head_limit, request.send()).await {
             Err(_elapsed) => Err(head_error),
-            Ok(Ok(response)) => Ok((response, body_limit)),
+            Ok(Ok(response)) => {
+                let size = response_head_size(&response);
+                let limit = self.shared.max_response_head;
+                if size > limit {
+                    return Err(OriginError::ResponseHeadTooLarge { size, limit });
+                }
+                Ok((response, body_limit))
+            }
             Ok(Err(error)) => Err(classify(error, timeouts, body_limit)),
         }
     }
@@ -772,7 +800,14 @@ impl OriginClient {
         if let Some((_, client)) = clients.iter().find(|(k, _)| *k == key) {
             return client.clone();
         }
-        match build_client(key.0, key.1, shared.pool_idle_timeout, shared.pool_max_idle) {
+        let built = build_client(
+            key.0,
+            key.1,
+            shared.pool_idle_timeout,
+            shared.pool_max_idle,
+            shared.max_response_head,
+        );
+        match built {
             Ok(client) => {
                 clients.push((key, client.clone()));
                 client
@@ -790,8 +825,14 @@ fn build_client(
     read: Duration,
     pool_idle_timeout: Duration,
     pool_max_idle: usize,
+    max_response_head: u64,
 ) -> Result<reqwest::Client, reqwest::Error> {
+    // HTTP/2 bounds the head as it decodes it; HTTP/1 heads are bounded by
+    // hyper's read buffer (about 400 KiB) and then checked against the limit
+    // once parsed ([`response_head_size`]).
+    let h2_head = u32::try_from(max_response_head).unwrap_or(u32::MAX);
     reqwest::Client::builder()
+        .http2_max_header_list_size(h2_head)
         .connect_timeout(connect)
         .read_timeout(read)
         .pool_idle_timeout(pool_idle_timeout)
@@ -803,14 +844,41 @@ fn build_client(
         .build()
 }
 
+/// The size of a response head as it was (about) sent in HTTP/1.1: the
+/// status line and each field line with its `": "` and CRLF.
+fn response_head_size(response: &reqwest::Response) -> u64 {
+    const STATUS_LINE: u64 = "HTTP/1.1 200 \r\n\r\n".len() as u64;
+    response
+        .headers()
+        .iter()
+        .fold(STATUS_LINE, |size, (name, value)| {
+            size + (name.as_str().len() + value.len() + 4) as u64
+        })
+}
+
+/// Whether `error` was caused by the origin's answer not parsing as HTTP.
+fn is_invalid_response(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(hyper_error) = current.downcast_ref::<hyper::Error>() {
+            return hyper_error.is_parse() || hyper_error.is_parse_status();
+        }
+        cause = current.source();
+    }
+    false
+}
+
 /// Tells a failed attempt's cause apart: connect errors (and connect
-/// timeouts), other timeouts (reported as `body_limit`), and the rest.
+/// timeouts), other timeouts (reported as `body_limit`), answers that are
+/// not HTTP, and the rest.
 fn classify(
     error: reqwest::Error,
     timeouts: &Timeouts,
     body_limit: (TimeLimit, Duration),
 ) -> OriginError {
-    if error.is_connect() {
+    if is_invalid_response(&error) {
+        OriginError::InvalidResponse(error)
+    } else if error.is_connect() {
         if error.is_timeout() {
             OriginError::TimedOut {
                 limit: TimeLimit::Connect,

@@ -1,8 +1,23 @@
-//! What a request must pass before it is routed: corral opens no tunnels
-//! (CONNECT), relays absolute-form targets only for the hosts it serves (so it is
-//! never an open forward proxy), and refuses heads and declared bodies over the
-//! `[server]` limits without reading them. A body that declares no length is
-//! limited while it streams ([`Admission::limit_body`]).
+//! What corral refuses, decided in one place: a request must pass these checks
+//! before it is routed, served from the cache or sent upstream.
+//!
+//! - **Tunnels**: CONNECT is refused (405); corral opens none.
+//! - **Host** (RFC 9112 §3.2, RFC 9113 §8.3.1): an HTTP/1.1 request without
+//!   `Host`, with more than one, or with one that is not a valid
+//!   `host[:port]` is refused with 400, as is an HTTP/2 request whose `Host`
+//!   disagrees with its `:authority`. An absolute-form target's authority
+//!   replaces `Host`, and must name a host corral serves (421 otherwise: it is
+//!   never an open forward proxy).
+//! - **Preserved hosts**: on a route that sends the client's host upstream
+//!   (and so keys the cache on it), only hosts the config lists are accepted;
+//!   others get 421 ([`Admission::preserved_host`]).
+//! - **Sizes**: heads and declared bodies over the `[server]` limits are
+//!   refused without reading them; a body that declares no length is limited
+//!   while it streams ([`Admission::limit_body`]), and one whose framing
+//!   breaks is the client's fault (400, [`BodyCheck`]).
+//! - **Bodies on cacheable requests**: a GET or HEAD that carries a body on a
+//!   cacheable route is refused with 400 (see `Proxy::handle`): its answer
+//!   would be shared, and a fill never carries a body.
 //!
 //! The listener ([`crate::server`]) enforces the limits that need the socket
 //! (header timeout, idle timeout, connection cap, hyper's own head buffer); the
@@ -11,8 +26,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::sync::Notify;
+
 use bytes::Bytes;
 use futures_util::StreamExt;
+use http::header::HeaderValue;
 use http::request::Parts;
 use http::uri::{Authority, Scheme};
 use http::{Method, Version, header};
@@ -20,7 +38,8 @@ use http_body_util::BodyDataStream;
 
 use super::body::BoxError;
 use super::error::ProxyError;
-use crate::config::Config;
+use crate::cache::key::canonical_authority;
+use crate::config::{Config, HostPattern, Route};
 use crate::metrics::{ClientLimit, ClientLimitCounters};
 
 /// Bytes a header line adds besides its name and value: `": "` and CRLF.
@@ -30,41 +49,67 @@ const HEADER_LINE_OVERHEAD: u64 = 4;
 /// `HTTP/1.1` and CRLF, plus the CRLF that ends the head.
 const REQUEST_LINE_OVERHEAD: u64 = 14;
 
-/// A host an absolute-form target may name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct AllowedHost {
-    /// Lowercase host name or address (IPv6 in brackets, as in a URI).
-    host: String,
-    /// The only port allowed, or `None` for any.
-    port: Option<u16>,
-}
-
-impl AllowedHost {
-    fn allows(&self, host: &str, port: u16) -> bool {
-        self.host.eq_ignore_ascii_case(host) && self.port.is_none_or(|p| p == port)
-    }
-}
-
 /// The checks made on every request before routing, built once from `[server]`
 /// and `[origin]` (neither is reloadable).
 #[derive(Debug)]
 pub(super) struct Admission {
-    /// The origin's own authority (exact port), then `server.hosts`.
-    hosts: Vec<AllowedHost>,
+    /// The origin's own authority (exact port), which absolute-form targets may name.
+    origin_host: Option<HostPattern>,
+    /// `server.hosts`.
+    listed_hosts: Vec<HostPattern>,
     max_header_size: u64,
     max_request_body: u64,
     counters: ClientLimitCounters,
 }
 
-/// Whether a body handed out by [`Admission::limit_body`] was cut off for
-/// growing past the limit. Shared with the body's stream.
+/// What became of a body handed out by [`Admission::limit_body`], known once
+/// it has been read. Shared with the body's stream.
 #[derive(Debug, Clone, Default)]
-pub(super) struct BodyCutOff(Arc<AtomicBool>);
+pub(super) struct BodyCheck(Arc<BodyFlags>);
 
-impl BodyCutOff {
-    /// True once the body has grown past the limit (and errored instead).
-    pub(super) fn happened(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+/// Written by the body's stream (once each), read by the request's task.
+#[derive(Debug, Default)]
+struct BodyFlags {
+    cut_off: AtomicBool,
+    broken: AtomicBool,
+    /// Woken when either flag is set, so the request need not wait for the
+    /// origin to notice the aborted upload.
+    refused: Notify,
+}
+
+impl BodyFlags {
+    /// Sets `flag`; true the first time.
+    fn raise(&self, flag: &AtomicBool) -> bool {
+        let first = !flag.swap(true, Ordering::AcqRel);
+        if first {
+            self.refused.notify_one();
+        }
+        first
+    }
+}
+
+impl BodyCheck {
+    /// Resolves once the body has earned a refusal (see [`BodyCheck::refusal`]);
+    /// never, if it does not.
+    pub(super) async fn refused(&self) {
+        let flags = &self.0;
+        while !(flags.cut_off.load(Ordering::Acquire) || flags.broken.load(Ordering::Acquire)) {
+            flags.refused.notified().await;
+        }
+    }
+
+    /// The refusal the body earned, if any: it grew past the limit (and
+    /// errored instead), or the client's framing of it broke (a malformed
+    /// chunk, a connection closed short of its length). Either is the
+    /// client's fault, whatever the origin made of the aborted upload.
+    pub(super) fn refusal(&self, limit: u64) -> Option<ProxyError> {
+        if self.0.cut_off.load(Ordering::Acquire) {
+            Some(ProxyError::BodyTooLarge { limit })
+        } else if self.0.broken.load(Ordering::Acquire) {
+            Some(ProxyError::BadRequest("the request body is malformed"))
+        } else {
+            None
+        }
     }
 }
 
@@ -79,46 +124,47 @@ pub(super) struct BodyLimitExceeded {
 impl Admission {
     /// The checks `config` asks for, counting refusals in `counters`.
     pub(super) fn new(config: &Config, counters: ClientLimitCounters) -> Admission {
-        let origin = config
-            .origin
-            .url
-            .get_ref()
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|uri| uri.authority().cloned())
-            .map(|authority| AllowedHost {
-                host: authority.host().to_ascii_lowercase(),
-                port: Some(authority.port_u16().unwrap_or(80)),
-            });
-        let listed = config.server.hosts.iter().filter_map(|entry| {
-            let authority = entry.get_ref().parse::<Authority>().ok()?;
-            Some(AllowedHost {
-                host: authority.host().to_ascii_lowercase(),
-                port: authority.port_u16(),
-            })
+        let origin_host = config.origin.authority().map(|authority| HostPattern {
+            host: authority.host().to_ascii_lowercase(),
+            port: Some(authority.port_u16().unwrap_or(80)),
         });
+        let listed_hosts = config
+            .server
+            .hosts
+            .iter()
+            .filter_map(|entry| HostPattern::parse(entry.get_ref()))
+            .collect();
         Admission {
-            hosts: origin.into_iter().chain(listed).collect(),
+            origin_host,
+            listed_hosts,
             max_header_size: config.server.max_header_size.as_u64(),
             max_request_body: config.server.max_request_body.as_u64(),
             counters,
         }
     }
 
-    /// Refuses, and counts, a request that must not be routed.
+    /// Refuses, and counts, a request that must not be routed. Returns the
+    /// authority the request addressed (validated; as the client spelled it),
+    /// or `None` for an HTTP/1.0 request without `Host`.
     ///
     /// # Errors
     /// - [`ProxyError::ConnectRefused`] (405) for CONNECT;
+    /// - [`ProxyError::BadRequest`] (400) for a missing (HTTP/1.1), repeated
+    ///   or invalid `Host`, or an HTTP/2 `Host` that disagrees with `:authority`;
     /// - [`ProxyError::MisdirectedRequest`] (421) for an HTTP/1 absolute-form
     ///   target naming a host that is neither the origin's nor in `server.hosts`;
     /// - [`ProxyError::HeadersTooLarge`] (431) for a head over `max_header_size`;
     /// - [`ProxyError::BodyTooLarge`] (413) for a `Content-Length` over
     ///   `max_request_body` (nothing of the body has been read).
-    pub(super) fn check(&self, parts: &Parts) -> Result<(), ProxyError> {
+    pub(super) fn check<'a>(&self, parts: &'a Parts) -> Result<Option<&'a str>, ProxyError> {
         if parts.method == Method::CONNECT {
             self.counters.count(ClientLimit::Method);
             return Err(ProxyError::ConnectRefused);
         }
+        let addressed = addressed_authority(parts).map_err(|reason| {
+            self.counters.count(ClientLimit::Malformed);
+            ProxyError::BadRequest(reason)
+        })?;
         // HTTP/2 always carries the authority in the URI (`:authority`, the
         // equivalent of `Host`); in HTTP/1 it is there only in absolute form.
         if parts.version < Version::HTTP_2
@@ -142,42 +188,90 @@ impl Admission {
                 limit: self.max_request_body,
             });
         }
-        Ok(())
+        Ok(addressed)
+    }
+
+    /// The `Host` to send upstream on `route` when it preserves the client's:
+    /// the `addressed` authority in canonical form, if the route's `hosts` or
+    /// `server.hosts` list it. `None` when the route does not preserve `Host`
+    /// (the origin client then sends the origin's own).
+    ///
+    /// # Errors
+    /// [`ProxyError::MisdirectedRequest`] (421, counted as `host`) when the
+    /// host is not listed, or the request named none.
+    pub(super) fn preserved_host(
+        &self,
+        route: &Route,
+        addressed: Option<&str>,
+    ) -> Result<Option<HeaderValue>, ProxyError> {
+        if !route.preserve_host {
+            return Ok(None);
+        }
+        let listed = addressed.and_then(|addressed| {
+            let authority = addressed.parse::<Authority>().ok()?;
+            let port = authority.port_u16().unwrap_or(80);
+            let host = authority.host();
+            route
+                .hosts
+                .iter()
+                .chain(&self.listed_hosts)
+                .any(|allowed| allowed.allows(host, port))
+                .then(|| HeaderValue::from_str(&canonical_authority(addressed)).ok())
+                .flatten()
+        });
+        match listed {
+            Some(host) => Ok(Some(host)),
+            None => {
+                self.counters.count(ClientLimit::Host);
+                Err(ProxyError::MisdirectedRequest)
+            }
+        }
+    }
+
+    /// Counts, and returns, the refusal of a GET or HEAD that carries a body
+    /// on a cacheable route.
+    pub(super) fn body_on_cacheable_request(&self) -> ProxyError {
+        self.counters.count(ClientLimit::Malformed);
+        ProxyError::BadRequest("a GET or HEAD with a body cannot be answered from a shared cache")
     }
 
     /// `body` as a stream for the origin client that ends with
     /// [`BodyLimitExceeded`] as soon as it has grown past `max_request_body`,
     /// so an oversized body is never forwarded whole. The returned
-    /// [`BodyCutOff`] tells the caller afterwards whether that happened.
-    pub(super) fn limit_body<B>(&self, body: B) -> (reqwest::Body, BodyCutOff)
+    /// [`BodyCheck`] tells the caller afterwards whether that happened, or
+    /// whether the client's body broke.
+    pub(super) fn limit_body<B>(&self, body: B) -> (reqwest::Body, BodyCheck)
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let limit = self.max_request_body;
         let counters = self.counters.clone();
-        let cut_off = BodyCutOff::default();
-        let flag = Arc::clone(&cut_off.0);
+        let check = BodyCheck::default();
+        let flags = Arc::clone(&check.0);
         let mut received: u64 = 0;
         let limited = BodyDataStream::new(body).map(move |chunk| {
-            let chunk = chunk.map_err(Into::into)?;
+            let chunk = chunk.map_err(|error| {
+                if flags.raise(&flags.broken) {
+                    counters.count(ClientLimit::Malformed);
+                }
+                error.into()
+            })?;
             received = received.saturating_add(chunk.len() as u64);
             if received > limit {
-                if !flag.swap(true, Ordering::AcqRel) {
+                if flags.raise(&flags.cut_off) {
                     counters.count(ClientLimit::BodySize);
                 }
                 return Err(BoxError::from(BodyLimitExceeded { limit }));
             }
             Ok::<_, BoxError>(chunk)
         });
-        (reqwest::Body::wrap_stream(limited), cut_off)
+        (reqwest::Body::wrap_stream(limited), check)
     }
 
-    /// The refusal for a body [`limit_body`](Self::limit_body) cut off.
-    pub(super) fn body_too_large(&self) -> ProxyError {
-        ProxyError::BodyTooLarge {
-            limit: self.max_request_body,
-        }
+    /// The refusal a body [`limit_body`](Self::limit_body) handed out earned, if any.
+    pub(super) fn body_refusal(&self, check: &BodyCheck) -> Option<ProxyError> {
+        check.refusal(self.max_request_body)
     }
 
     fn allows(&self, authority: &Authority, scheme: Option<&Scheme>) -> bool {
@@ -187,10 +281,78 @@ impl Admission {
             80
         };
         let port = authority.port_u16().unwrap_or(default_port);
-        self.hosts
+        self.origin_host
             .iter()
+            .chain(&self.listed_hosts)
             .any(|allowed| allowed.allows(authority.host(), port))
     }
+}
+
+/// The authority a request addressed, validated (RFC 9112 §3.2 and §3.2.2,
+/// RFC 9113 §8.3.1): an absolute-form target's or HTTP/2's `:authority`, else
+/// the one `Host`. `None` only for HTTP/1.0 without `Host`.
+fn addressed_authority(parts: &Parts) -> Result<Option<&str>, &'static str> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    let host = match host {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|host| is_valid_authority(host))
+                .ok_or("the Host header is not a valid host[:port]")?,
+        ),
+        None => None,
+    };
+    let target = parts.uri.authority().map(Authority::as_str);
+    if let Some(target) = target
+        && !is_valid_authority(target)
+    {
+        return Err("the request target's authority is not a valid host[:port]");
+    }
+    if parts.version >= Version::HTTP_2 {
+        // h2 hands over a request without `:path` (it insists only for
+        // extended CONNECT) as an empty URI whose path reads `/`; every
+        // other request must carry one (RFC 9113 §8.3.1). Without
+        // `:authority` the URI is origin-form and its text shows whether the
+        // path was there (clients nearly always send `:authority`, so the
+        // allocation is off the common path).
+        if parts.uri.authority().is_none() && parts.uri.to_string().is_empty() {
+            return Err("an HTTP/2 request must carry :path");
+        }
+        return match (target, host) {
+            (Some(target), Some(host)) if !target.eq_ignore_ascii_case(host) => {
+                Err("the Host header disagrees with :authority")
+            }
+            (Some(authority), _) | (None, Some(authority)) => Ok(Some(authority)),
+            (None, None) => Err("no :authority and no Host"),
+        };
+    }
+    if host.is_none() && parts.version >= Version::HTTP_11 {
+        return Err("an HTTP/1.1 request must carry a Host header");
+    }
+    // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
+    Ok(target.or(host))
+}
+
+/// Whether `text` is a `host[:port]` with a non-empty host, no user info and,
+/// when a port is given, a valid one.
+fn is_valid_authority(text: &str) -> bool {
+    if text.is_empty() || text.contains('@') || text.ends_with(':') {
+        return false;
+    }
+    let Ok(authority) = text.parse::<Authority>() else {
+        return false;
+    };
+    // The text after the host, if any, must be `:` and a port that fits u16
+    // (the parser above takes any run of digits).
+    let after_host = text[authority.host().len()..].strip_prefix(':');
+    let port_valid = after_host
+        .is_none_or(|port| port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok());
+    !authority.host().is_empty() && port_valid
 }
 
 /// The size of the request head as it was (about) sent in HTTP/1.1.
@@ -248,7 +410,10 @@ mod tests {
     #[test]
     fn absolute_form_only_for_the_origin_and_listed_hosts() {
         let (admission, counters) = admission("hosts = [\"shop.example\", \"api.example:8080\"]");
-        let check = |uri: &str| admission.check(&parts(Request::get(uri).body(()).unwrap()));
+        let check = |uri: &str| {
+            let request = Request::get(uri).header("host", "x").body(()).unwrap();
+            admission.check(&parts(request)).map(|_| ())
+        };
         assert!(check("/plain/origin-form").is_ok());
         assert!(check("http://origin.test:9000/p").is_ok());
         assert!(check("http://ORIGIN.test:9000/p").is_ok());
@@ -282,10 +447,11 @@ mod tests {
         let (admission, counters) = admission("max_request_body = \"1KiB\"");
         let with_length = |length: &str| {
             let request = Request::post("/upload")
+                .header(header::HOST, "x")
                 .header(header::CONTENT_LENGTH, length)
                 .body(())
                 .unwrap();
-            admission.check(&parts(request))
+            admission.check(&parts(request)).map(|_| ())
         };
         assert!(with_length("1024").is_ok());
         assert_eq!(with_length("1025").unwrap_err().status(), 413);
@@ -297,6 +463,7 @@ mod tests {
     fn head_over_the_limit_is_refused_with_431() {
         let (admission, counters) = admission("max_header_size = \"1KiB\"");
         let request = Request::get("/p")
+            .header(header::HOST, "x")
             .header("x-big", "a".repeat(2000))
             .body(())
             .unwrap();
@@ -314,12 +481,101 @@ mod tests {
         let body = http_body_util::StreamBody::new(
             futures_util::stream::iter(chunks).map(|c| c.map(http_body::Frame::data)),
         );
-        let (limited, cut_off) = admission.limit_body(body);
+        let (limited, check) = admission.limit_body(body);
         let mut stream = http_body_util::BodyDataStream::new(limited);
         assert_eq!(stream.next().await.unwrap().unwrap(), "123456");
-        assert!(!cut_off.happened());
+        assert!(admission.body_refusal(&check).is_none());
         assert!(stream.next().await.unwrap().is_err());
-        assert!(cut_off.happened());
+        assert_eq!(admission.body_refusal(&check).unwrap().status(), 413);
         assert_eq!(counters.get(ClientLimit::BodySize), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_is_the_clients_fault() {
+        let (admission, counters) = admission("");
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"12")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "bad chunk size",
+            )),
+        ];
+        let body = http_body_util::StreamBody::new(
+            futures_util::stream::iter(chunks).map(|c| c.map(http_body::Frame::data)),
+        );
+        let (limited, check) = admission.limit_body(body);
+        let mut stream = http_body_util::BodyDataStream::new(limited);
+        assert!(stream.next().await.unwrap().is_ok());
+        assert!(stream.next().await.unwrap().is_err());
+        assert_eq!(admission.body_refusal(&check).unwrap().status(), 400);
+        assert_eq!(counters.get(ClientLimit::Malformed), 1);
+    }
+
+    fn addressed(request: http::request::Builder) -> Result<Option<String>, &'static str> {
+        let parts = parts(request.body(()).unwrap());
+        addressed_authority(&parts).map(|a| a.map(str::to_owned))
+    }
+
+    #[test]
+    fn host_must_be_one_valid_host_and_port() {
+        let get = || Request::get("/p");
+        assert_eq!(
+            addressed(get().header("host", "Shop.Example:8080")),
+            Ok(Some("Shop.Example:8080".into()))
+        );
+        assert_eq!(
+            addressed(get().header("host", "[::1]:80")),
+            Ok(Some("[::1]:80".into()))
+        );
+        assert!(addressed(get()).is_err(), "HTTP/1.1 without Host");
+        assert!(addressed(get().header("host", "a").header("host", "a")).is_err());
+        for bad in [
+            "", "a/b", "a b", "user@a", "a:", "a:99999", "a:x", "a?b", "a#b", "[::1",
+        ] {
+            assert!(addressed(get().header("host", bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(addressed(get().version(Version::HTTP_10)), Ok(None));
+    }
+
+    #[test]
+    fn absolute_form_authority_replaces_host_and_h2_must_agree() {
+        let absolute = Request::get("http://shop.example/p").header("host", "other.example");
+        assert_eq!(addressed(absolute), Ok(Some("shop.example".into())));
+        let h2 = || Request::get("http://shop.example/p").version(Version::HTTP_2);
+        assert_eq!(addressed(h2()), Ok(Some("shop.example".into())));
+        assert_eq!(
+            addressed(h2().header("host", "SHOP.example")),
+            Ok(Some("shop.example".into()))
+        );
+        assert!(addressed(h2().header("host", "evil.example")).is_err());
+        let h2_host_only = Request::get("/p")
+            .version(Version::HTTP_2)
+            .header("host", "a");
+        assert_eq!(addressed(h2_host_only), Ok(Some("a".into())));
+        assert!(addressed(Request::get("/p").version(Version::HTTP_2)).is_err());
+    }
+
+    #[test]
+    fn a_preserving_route_admits_listed_hosts_only_in_canonical_form() {
+        let text = "[origin]\nurl = \"http://origin.test:9000\"\n[server]\nhosts = [\"shop.example\"]\n[[route]]\nmatch = \"/\"\npreserve_host = true\nhosts = [\"api.example:8080\"]\n";
+        let config = Config::parse(text, Path::new("test.toml")).unwrap();
+        let counters = ClientLimitCounters::default();
+        let admission = Admission::new(&config, counters.clone());
+        let table = config.route_table();
+        let route = &table.routes()[0];
+        let host = |addressed| {
+            admission
+                .preserved_host(route, Some(addressed))
+                .map(|h| h.unwrap())
+        };
+        assert_eq!(host("Shop.Example:80").unwrap(), "shop.example");
+        assert_eq!(host("api.example:8080").unwrap(), "api.example:8080");
+        assert_eq!(host("api.example").unwrap_err().status(), 421);
+        assert_eq!(host("evil.example").unwrap_err().status(), 421);
+        assert_eq!(
+            admission.preserved_host(route, None).unwrap_err().status(),
+            421
+        );
+        assert_eq!(counters.get(ClientLimit::Host), 3);
     }
 }

@@ -75,6 +75,19 @@ impl ProxyError {
         }
     }
 
+    /// Whether the connection closes after this answer: the request was
+    /// malformed or oversized, so its body may be unread or its framing in
+    /// doubt, and nothing more from that client is trusted (HTTP/1; an HTTP/2
+    /// server ignores the field, and the stream alone ends).
+    fn ends_the_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::HeadersTooLarge { .. }
+                | ProxyError::BodyTooLarge { .. }
+        )
+    }
+
     /// Short, stable detail for `Cache-Status` (never internal error text).
     fn detail(&self) -> &'static str {
         match self {
@@ -130,6 +143,12 @@ impl ProxyError {
         );
         if let Some(wait) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, retry_after_value(wait));
+        }
+        if self.ends_the_connection() {
+            headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         if let ProxyError::ConnectRefused = self {
             // A 405 must say what is allowed: every method but CONNECT is relayed.

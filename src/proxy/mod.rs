@@ -6,6 +6,7 @@
 mod admission;
 mod body;
 mod error;
+mod forward;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,13 +33,16 @@ pub use error::ProxyError;
 use crate::cache::freshness::{
     self, CORRAL_CACHE_CONTROL, RequestDirectives, ResponseDirectives, Reuse,
 };
-use crate::cache::{CachedResponse, HotCache, NO_REQUEST_DIRECTIVES, PassMarks, Timing, Variant};
+use crate::cache::key::canonical_authority;
+use crate::cache::{
+    CacheKey, CachedResponse, HotCache, NO_REQUEST_DIRECTIVES, PassMarks, Timing, Variant,
+};
 use crate::coalesce::{FlightMap, Join, Leader, WaitError};
-use crate::config::{Config, Route, RouteTable};
+use crate::config::{ClientNoCache, Config, Route, RouteTable};
 use crate::http::{
-    CACHE_STATUS, CacheOutcome, PassReason, Shareability, StaleReason, VIA_CORRAL, X_FORWARDED_FOR,
-    X_FORWARDED_PROTO, append_to_list, cache_key, cache_status_value, ensure_date,
-    request_pass_reason, same_origin_path, shareability, strip_hop_by_hop, vary_names,
+    CACHE_STATUS, CacheOutcome, PassReason, Shareability, StaleReason, VIA_CORRAL, append_to_list,
+    cache_status_value, ensure_date, request_pass_reason, same_origin_path, shareability,
+    strip_hop_by_hop, vary_names,
 };
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::origin::{OriginClient, OriginError, OriginResponse, Refusal};
@@ -50,17 +54,6 @@ const MAX_ELECTIONS: usize = 3;
 
 /// Most keys remembered as hit-for-pass at once.
 const PASS_MARK_CAPACITY: u64 = 100_000;
-
-/// Request headers that would make a shared fill answer one client's question
-/// (a 304 or a range) instead of fetching the whole shareable response.
-const FILL_STRIPPED: [header::HeaderName; 6] = [
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-    header::IF_RANGE,
-    header::RANGE,
-];
 
 /// What a flight publishes to its followers.
 #[derive(Clone, Debug)]
@@ -134,7 +127,10 @@ struct ProxyState {
     settings: ArcSwap<Settings>,
     cache: HotCache,
     pass_marks: PassMarks,
-    flights: FlightMap<String, FlightOutcome>,
+    flights: FlightMap<CacheKey, FlightOutcome>,
+    /// The origin's authority as the origin client sends it, canonical: what
+    /// the cache keys on for routes that do not preserve the client's host.
+    origin_authority: String,
     origin: OriginClient,
     max_object_size: usize,
     metrics: Arc<Metrics>,
@@ -165,12 +161,18 @@ impl Proxy {
         );
         let max_object_size =
             usize::try_from(config.cache.max_object_size.as_u64()).unwrap_or(usize::MAX);
+        let origin_authority = config
+            .origin
+            .authority()
+            .map(|authority| canonical_authority(authority.as_str()).into_owned())
+            .unwrap_or_default();
         Ok(Proxy {
             state: Arc::new(ProxyState {
                 settings: ArcSwap::from_pointee(Settings::new(config, &metrics)),
                 cache,
                 pass_marks: PassMarks::new(PASS_MARK_CAPACITY),
                 flights: FlightMap::new(),
+                origin_authority,
                 origin,
                 max_object_size,
                 admission: Admission::new(config, metrics.client_limits.clone()),
@@ -182,6 +184,12 @@ impl Proxy {
     /// The hot cache this proxy serves from.
     pub fn cache(&self) -> &HotCache {
         &self.state.cache
+    }
+
+    /// The cache key of `path_and_query` on a route that does not preserve
+    /// the client's `Host` (the key then holds the origin's own authority).
+    pub fn origin_key(&self, path_and_query: &str) -> CacheKey {
+        CacheKey::new(&self.state.origin_authority, path_and_query)
     }
 
     /// The metrics this proxy updates.
@@ -231,43 +239,9 @@ impl Proxy {
             Some((_, route)) if !route.cache => Some(PassReason::RouteBypass),
             Some(_) => request_pass_reason(&parts.method, &parts.headers),
         };
-        let admitted = self.state.admission.check(&parts);
-        let (response, outcome) = match (admitted, pass_reason, matched) {
-            (Err(refused), _, _) => (
-                refused.into_response(CacheOutcome::Error, parts.uri.path()),
-                CacheOutcome::Error,
-            ),
-            (Ok(()), None, Some((_, route))) => {
-                drop(body);
-                self.serve_cacheable(parts, route, route_metrics, client)
-                    .await
-            }
-            (Ok(()), reason, _) => {
-                let (body, cut_off) = if body.is_end_stream() {
-                    // No body (a GET, usually): one the origin client can resend on retry.
-                    (reqwest::Body::from(Bytes::new()), Default::default())
-                } else {
-                    self.state.admission.limit_body(body)
-                };
-                let reason = reason.unwrap_or(PassReason::NoRoute);
-                let route = matched.map(|(_, route)| route);
-                let relayed = self
-                    .pass(&parts, body, reason, client, route_metrics, route)
-                    .await;
-                if cut_off.happened() {
-                    // Whatever the origin made of the aborted upload is moot.
-                    let refused = self.state.admission.body_too_large();
-                    let path = parts.uri.path();
-                    (
-                        refused.into_response(CacheOutcome::Error, path),
-                        CacheOutcome::Error,
-                    )
-                } else {
-                    self.invalidate_after_unsafe(&parts, &relayed.0);
-                    relayed
-                }
-            }
-        };
+        let (response, outcome) = self
+            .dispatch(&parts, body, client, matched, route_metrics, pass_reason)
+            .await;
         let elapsed = started.elapsed();
         route_metrics.record(outcome, elapsed);
         if let Some((method, uri)) = access {
@@ -276,31 +250,104 @@ impl Proxy {
         response
     }
 
+    /// Admits the request, works out where it goes upstream, and serves it
+    /// from the cache or passes it.
+    async fn dispatch<B>(
+        &self,
+        parts: &Parts,
+        body: B,
+        client: SocketAddr,
+        matched: Option<(usize, &Route)>,
+        route_metrics: &RouteMetrics,
+        pass_reason: Option<PassReason>,
+    ) -> (Response<ProxyBody>, CacheOutcome)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let admission = &self.state.admission;
+        let refuse = |refused: ProxyError| {
+            (
+                refused.into_response(CacheOutcome::Error, parts.uri.path()),
+                CacheOutcome::Error,
+            )
+        };
+        let addressed = match admission.check(parts) {
+            Ok(addressed) => addressed,
+            Err(refused) => return refuse(refused),
+        };
+        let route = matched.map(|(_, route)| route);
+        let upstream_host = match route.map(|route| admission.preserved_host(route, addressed)) {
+            Some(Err(refused)) => return refuse(refused),
+            Some(Ok(host)) => host,
+            None => None,
+        };
+        let authority = upstream_host
+            .as_ref()
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or(&self.state.origin_authority);
+        let cx = RequestContext {
+            key: CacheKey::new(authority, path_and_query(parts)),
+            parts,
+            client,
+            route,
+            route_metrics,
+            upstream_host,
+        };
+        let has_body = !body.is_end_stream() || declares_content(parts);
+        if let (None, Some(route)) = (pass_reason, route) {
+            if has_body {
+                // A fill never carries a body, and the answer would be shared.
+                return refuse(admission.body_on_cacheable_request());
+            }
+            drop(body);
+            return self.serve_cacheable(&cx, route).await;
+        }
+        let (body, check) = if has_body {
+            admission.limit_body(body)
+        } else {
+            // No body (a GET, usually): one the origin client can resend on retry.
+            (reqwest::Body::from(Bytes::new()), Default::default())
+        };
+        let reason = pass_reason.unwrap_or(PassReason::NoRoute);
+        // A body that breaks or grows too large ends the exchange at once:
+        // the origin may be waiting for the rest of it.
+        let relayed = tokio::select! {
+            relayed = self.pass(&cx, body, has_body, reason) => relayed,
+            () = check.refused() => (Response::new(ProxyBody::empty()), CacheOutcome::Error),
+        };
+        if let Some(refused) = admission.body_refusal(&check) {
+            // Whatever the origin made of the aborted upload is moot.
+            return refuse(refused);
+        }
+        self.invalidate_after_unsafe(&cx, &relayed.0);
+        relayed
+    }
+
     /// GET or HEAD on a caching route: hit, serve stale while revalidating,
     /// follow, or lead a fetch.
     async fn serve_cacheable(
         &self,
-        parts: Parts,
+        cx: &RequestContext<'_>,
         route: &Route,
-        route_metrics: &RouteMetrics,
-        client: SocketAddr,
     ) -> (Response<ProxyBody>, CacheOutcome) {
         let state = &self.state;
-        let key = cache_key(request_host(&parts), path_and_query(&parts));
+        let parts = cx.parts;
+        let key = &cx.key;
         // Parsed only when the client says something: a plain hit parses nothing.
-        let parsed = request_directives(&parts.headers);
+        let parsed = request_directives(&parts.headers, route.client_no_cache);
         let wishes = parsed.as_ref().unwrap_or(&NO_REQUEST_DIRECTIVES);
         let now = Instant::now();
-        if let Some(entry) = state.cache.select(&key, &parts.headers) {
+        if let Some(entry) = state.cache.select(key, &parts.headers) {
             match entry.reuse(now, wishes, &route.freshness) {
-                Reuse::Fresh => return hit(&entry, &parts, now),
+                Reuse::Fresh => return hit(&entry, parts, now),
                 Reuse::Stale {
                     may_serve_while_revalidate: true,
                     ..
                 } => {
-                    self.refresh_in_background(&key, &entry, &parts, route, route_metrics, client);
+                    self.refresh_in_background(cx, &entry, route);
                     let outcome = CacheOutcome::Stale(StaleReason::WhileRevalidate);
-                    let response = respond_from_entry(&entry, outcome, None, false, &parts, now);
+                    let response = respond_from_entry(&entry, outcome, None, false, parts, now);
                     return (response, outcome);
                 }
                 Reuse::Stale { .. } => {}
@@ -311,18 +358,9 @@ impl Proxy {
                 ProxyError::NotCached.into_response(CacheOutcome::Error, parts.uri.path());
             return (refused, CacheOutcome::Error);
         }
-        if state.pass_marks.is_marked(&key, now) {
+        if state.pass_marks.is_marked(key, now) {
             let body = reqwest::Body::from(Bytes::new());
-            return self
-                .pass(
-                    &parts,
-                    body,
-                    PassReason::HitForPass,
-                    client,
-                    route_metrics,
-                    Some(route),
-                )
-                .await;
+            return self.pass(cx, body, false, PassReason::HitForPass).await;
         }
         let deadline = now + route.lock_timeout;
         let mut abandoned = 0;
@@ -332,7 +370,7 @@ impl Proxy {
                     // The previous flight may have stored its answer between our
                     // lookup and our join: look again before going to the origin.
                     let now = Instant::now();
-                    let stored = state.cache.select(&key, &parts.headers);
+                    let stored = state.cache.select(key, &parts.headers);
                     if let Some(entry) = &stored
                         && entry.reuse(now, wishes, &route.freshness) == Reuse::Fresh
                     {
@@ -342,11 +380,9 @@ impl Proxy {
                             fwd_status: entry.status,
                             revalidated: false,
                         });
-                        return hit(entry, &parts, now);
+                        return hit(entry, parts, now);
                     }
-                    return self
-                        .lead(leader, &parts, route, route_metrics, client, stored, wishes)
-                        .await;
+                    return self.lead(leader, cx, route, stored, wishes).await;
                 }
                 Join::Follower(follower) => {
                     state.metrics.flight_followers.inc();
@@ -367,8 +403,7 @@ impl Proxy {
                                 CacheOutcome::Coalesced
                             };
                             if response.status.is_server_error()
-                                && let Some(stale) =
-                                    self.stale_if_error(&key, &parts, wishes, route)
+                                && let Some(stale) = self.stale_if_error(key, parts, wishes, route)
                             {
                                 return stale;
                             }
@@ -378,7 +413,7 @@ impl Proxy {
                                 outcome,
                                 Some(fwd_status),
                                 false,
-                                &parts,
+                                parts,
                                 now,
                             );
                             return (response, outcome);
@@ -389,24 +424,15 @@ impl Proxy {
                         Err(WaitError::Abandoned) => abandoned += 1,
                         Ok(FlightOutcome::Unshareable) => {
                             let body = reqwest::Body::from(Bytes::new());
-                            return self
-                                .pass(
-                                    &parts,
-                                    body,
-                                    PassReason::Unshareable,
-                                    client,
-                                    route_metrics,
-                                    Some(route),
-                                )
-                                .await;
+                            return self.pass(cx, body, false, PassReason::Unshareable).await;
                         }
                         Ok(FlightOutcome::Failed(error)) => {
                             let outcome = CacheOutcome::Coalesced;
-                            return self.failed(&key, &parts, error, outcome, wishes, route);
+                            return self.failed(key, parts, error, outcome, wishes, route);
                         }
                         Err(WaitError::TimedOut) => {
                             // Invariant 6: stale content if the origin allows it, else 504.
-                            if let Some(stale) = self.stale_if_error(&key, &parts, wishes, route) {
+                            if let Some(stale) = self.stale_if_error(key, parts, wishes, route) {
                                 return stale;
                             }
                             let outcome = CacheOutcome::Coalesced;
@@ -430,29 +456,19 @@ impl Proxy {
     /// entry was replaced since it was looked up. Nobody waits for it.
     fn refresh_in_background(
         &self,
-        key: &str,
+        cx: &RequestContext<'_>,
         entry: &Arc<CachedResponse>,
-        parts: &Parts,
         route: &Route,
-        route_metrics: &RouteMetrics,
-        client: SocketAddr,
     ) {
-        let Join::Leader(leader) = self.state.flights.join(key.to_owned()) else {
+        let Join::Leader(leader) = self.state.flights.join(cx.key.clone()) else {
             return;
         };
-        let current = self.state.cache.select(key, &parts.headers);
+        let current = self.state.cache.select(&cx.key, &cx.parts.headers);
         if !current.is_some_and(|current| Arc::ptr_eq(&current, entry)) {
             // Refreshed (or removed) between the lookup and the join.
             return;
         }
-        let fill = Fill::new(
-            &self.state,
-            parts,
-            route,
-            route_metrics,
-            client,
-            Some(Arc::clone(entry)),
-        );
+        let fill = Fill::new(&self.state, cx, route, Some(Arc::clone(entry)));
         tokio::spawn(fill.run(Publish {
             leader,
             answer: None,
@@ -464,7 +480,7 @@ impl Proxy {
     /// (stale-if-error), rendered.
     fn stale_if_error(
         &self,
-        key: &str,
+        key: &CacheKey,
         parts: &Parts,
         wishes: &RequestDirectives,
         route: &Route,
@@ -493,7 +509,7 @@ impl Proxy {
     /// else with the error.
     fn failed(
         &self,
-        key: &str,
+        key: &CacheKey,
         parts: &Parts,
         error: Arc<OriginError>,
         outcome: CacheOutcome,
@@ -528,38 +544,32 @@ impl Proxy {
     /// Spawns the fetch as its own task (so this client leaving cannot cancel
     /// it) and waits for the answer meant for this client. `stored` is the
     /// variant this request found unusable as it was: the fetch revalidates it.
-    #[allow(clippy::too_many_arguments)]
     ///
     /// Boxed: only a leader takes this branch, so its state is kept out of
     /// the future of every hit and every parked follower.
-    #[allow(clippy::too_many_arguments)]
     fn lead<'a>(
         &'a self,
-        leader: Leader<String, FlightOutcome>,
-        parts: &'a Parts,
+        leader: Leader<CacheKey, FlightOutcome>,
+        cx: &'a RequestContext<'a>,
         route: &'a Route,
-        route_metrics: &'a RouteMetrics,
-        client: SocketAddr,
         stored: Option<Arc<CachedResponse>>,
         wishes: &'a RequestDirectives,
     ) -> Pin<Box<impl Future<Output = (Response<ProxyBody>, CacheOutcome)> + Send + 'a>> {
-        Box::pin(self.lead_inline(leader, parts, route, route_metrics, client, stored, wishes))
+        Box::pin(self.lead_inline(leader, cx, route, stored, wishes))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn lead_inline(
         &self,
-        leader: Leader<String, FlightOutcome>,
-        parts: &Parts,
+        leader: Leader<CacheKey, FlightOutcome>,
+        cx: &RequestContext<'_>,
         route: &Route,
-        route_metrics: &RouteMetrics,
-        client: SocketAddr,
         stored: Option<Arc<CachedResponse>>,
         wishes: &RequestDirectives,
     ) -> (Response<ProxyBody>, CacheOutcome) {
+        let parts = cx.parts;
         let (answer, answered) = oneshot::channel();
         let key = leader.key().clone();
-        let fill = Fill::new(&self.state, parts, route, route_metrics, client, stored);
+        let fill = Fill::new(&self.state, cx, route, stored);
         tokio::spawn(fill.run(Publish {
             leader,
             answer: Some(answer),
@@ -606,22 +616,25 @@ impl Proxy {
     /// After a successful (2xx or 3xx) answer to an unsafe request, removes
     /// what is stored for its URL, and for its `Location` and
     /// `Content-Location` when they are on the same host (RFC 9111 §4.4).
-    fn invalidate_after_unsafe(&self, parts: &Parts, response: &Response<ProxyBody>) {
+    fn invalidate_after_unsafe(&self, cx: &RequestContext<'_>, response: &Response<ProxyBody>) {
+        let parts = cx.parts;
         let status = response.status();
         if parts.method.is_safe() || !(status.is_success() || status.is_redirection()) {
             return;
         }
         let cache = &self.state.cache;
-        let host = request_host(parts);
-        cache.invalidate(&cache_key(host, path_and_query(parts)));
+        cache.invalidate(&cx.key);
+        // `Location` names the host the client addressed; the key holds the
+        // authority sent upstream.
+        let addressed = request_host(parts);
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             let target = response
                 .headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|target| same_origin_path(host, parts.uri.path(), target));
+                .and_then(|target| same_origin_path(addressed, parts.uri.path(), target));
             if let Some(path) = target {
-                cache.invalidate(&cache_key(host, &path));
+                cache.invalidate(&CacheKey::new(cx.key.authority(), &path));
             }
         }
     }
@@ -629,31 +642,35 @@ impl Proxy {
     /// Relays a request to the origin and its answer back, both streamed.
     ///
     /// Boxed, like [`Proxy::lead`], to keep hits and followers small.
+    /// `has_body` says whether `body` carries the client's body (else it is
+    /// empty, and no framing header goes upstream).
     fn pass<'a>(
         &'a self,
-        parts: &'a Parts,
+        cx: &'a RequestContext<'a>,
         body: reqwest::Body,
+        has_body: bool,
         reason: PassReason,
-        client: SocketAddr,
-        route_metrics: &'a RouteMetrics,
-        route: Option<&'a Route>,
     ) -> Pin<Box<impl Future<Output = (Response<ProxyBody>, CacheOutcome)> + Send + 'a>> {
-        Box::pin(self.pass_inline(parts, body, reason, client, route_metrics, route))
+        Box::pin(self.pass_inline(cx, body, has_body, reason))
     }
 
     async fn pass_inline(
         &self,
-        parts: &Parts,
+        cx: &RequestContext<'_>,
         body: reqwest::Body,
+        has_body: bool,
         reason: PassReason,
-        client: SocketAddr,
-        route_metrics: &RouteMetrics,
-        route: Option<&Route>,
     ) -> (Response<ProxyBody>, CacheOutcome) {
         let state = &self.state;
+        let (parts, route, route_metrics) = (cx.parts, cx.route, cx.route_metrics);
         let outcome = CacheOutcome::Pass(reason);
-        let host = preserved_host(parts, route);
-        let headers = forward_headers(&parts.headers, client, false, host);
+        let headers = forward::pass_headers(
+            &parts.headers,
+            cx.client,
+            route,
+            cx.upstream_host.as_ref(),
+            has_body,
+        );
         let started = Instant::now();
         let sent = state
             .origin
@@ -690,10 +707,45 @@ impl Proxy {
 }
 
 /// The request's cache directives, parsed only when it carries
-/// `Cache-Control` or `Pragma`.
-fn request_directives(headers: &HeaderMap) -> Option<RequestDirectives> {
-    (headers.contains_key(header::CACHE_CONTROL) || headers.contains_key(header::PRAGMA))
-        .then(|| RequestDirectives::from_headers(headers))
+/// `Cache-Control` or `Pragma`; on a route that ignores clients' no-cache,
+/// without the directives that would force a trip to the origin.
+fn request_directives(headers: &HeaderMap, policy: ClientNoCache) -> Option<RequestDirectives> {
+    (headers.contains_key(header::CACHE_CONTROL) || headers.contains_key(header::PRAGMA)).then(
+        || {
+            let directives = RequestDirectives::from_headers(headers);
+            match policy {
+                ClientNoCache::Honour => directives,
+                ClientNoCache::Ignore => directives.without_origin_forcing(),
+            }
+        },
+    )
+}
+
+/// Whether the request head announces content: a non-zero `Content-Length`
+/// or any `Transfer-Encoding` (HTTP/2 bodies show in the body's end-of-stream).
+fn declares_content(parts: &Parts) -> bool {
+    parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|length| length.as_bytes().iter().any(|b| *b != b'0'))
+}
+
+/// One request as it travels the path: what the client sent, where it came
+/// from, the route it matched and where it goes upstream. Built once in
+/// [`Proxy::handle`]; each step reads it instead of a list of loose arguments.
+struct RequestContext<'a> {
+    parts: &'a Parts,
+    client: SocketAddr,
+    /// `None` when no route matched (the request is passed).
+    route: Option<&'a Route>,
+    route_metrics: &'a RouteMetrics,
+    /// The `Host` sent upstream: the client's, validated and canonical, on a
+    /// route that preserves it; `None` lets the origin client send the origin's.
+    upstream_host: Option<HeaderValue>,
+    /// The primary cache key: the authority sent upstream, the path and query.
+    key: CacheKey,
 }
 
 /// A fresh stored response, rendered for this request.
@@ -708,12 +760,12 @@ fn hit(entry: &CachedResponse, parts: &Parts, now: Instant) -> (Response<ProxyBo
 /// Where a fill's result goes: the flight's followers, and the leader's own
 /// client when there is one (not for a background refresh).
 struct Publish {
-    leader: Leader<String, FlightOutcome>,
+    leader: Leader<CacheKey, FlightOutcome>,
     answer: Option<oneshot::Sender<LeaderOutcome>>,
 }
 
 impl Publish {
-    fn key(&self) -> &String {
+    fn key(&self) -> &CacheKey {
         self.leader.key()
     }
 
@@ -769,24 +821,31 @@ struct Fill {
 impl Fill {
     fn new(
         state: &Arc<ProxyState>,
-        parts: &Parts,
+        cx: &RequestContext<'_>,
         route: &Route,
-        route_metrics: &RouteMetrics,
-        client: SocketAddr,
         stale: Option<Arc<CachedResponse>>,
     ) -> Fill {
+        let parts = cx.parts;
+        let honour_client = route.client_no_cache == ClientNoCache::Honour;
+        let mut request_headers = parts.headers.clone();
+        if !honour_client {
+            // Unsaid, for storability as for the origin.
+            request_headers.remove(header::CACHE_CONTROL);
+            request_headers.remove(header::PRAGMA);
+        }
         Fill {
             state: Arc::clone(state),
             path_and_query: path_and_query(parts).to_owned(),
-            origin_headers: forward_headers(
+            origin_headers: forward::fill_headers(
                 &parts.headers,
-                client,
-                true,
-                preserved_host(parts, Some(route)),
+                cx.client,
+                route,
+                cx.upstream_host.as_ref(),
+                honour_client,
             ),
-            request_headers: parts.headers.clone(),
+            request_headers,
             route: route.clone(),
-            route_metrics: route_metrics.clone(),
+            route_metrics: cx.route_metrics.clone(),
             stale,
         }
     }
@@ -814,8 +873,13 @@ impl Fill {
                 return self.complete(response, timing, revalidation, publish).await;
             }
             if freshness::not_modified_applies(&stored.origin_headers(), response.headers()) {
-                let entry =
-                    stored.freshened(response.headers(), &self.request_headers, timing, policy);
+                let entry = stored.freshened(
+                    response.headers(),
+                    &self.request_headers,
+                    &self.route.forward_headers,
+                    timing,
+                    policy,
+                );
                 let verdict = freshness::not_storable_reason(
                     &Method::GET,
                     &self.request_headers,
@@ -926,7 +990,11 @@ impl Fill {
         let mut headers = std::mem::take(response.headers_mut());
         drop(response);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(received));
-        let variant = Variant::capture(vary_names(&headers), &self.request_headers);
+        let variant = Variant::capture(
+            vary_names(&headers),
+            &self.route.forward_headers,
+            &self.request_headers,
+        );
         let entry = Arc::new(CachedResponse::new(
             status,
             headers,
@@ -947,17 +1015,17 @@ impl Fill {
     /// Stores `entry` under `key`. Called before the slot goes (in
     /// `complete`): a request arriving in between finds either the slot or
     /// the entry, never neither.
-    fn store(&self, key: &str, entry: &Arc<CachedResponse>) {
+    fn store(&self, key: &CacheKey, entry: &Arc<CachedResponse>) {
         self.state
             .cache
-            .insert(key.to_owned(), Arc::clone(entry), &self.request_headers);
+            .insert(key.clone(), Arc::clone(entry), &self.request_headers);
         self.state.pass_marks.clear(key);
     }
 
     /// The origin answered the stale variant's request with something that is
     /// not stored: unless that is a server error (stale-if-error may still
     /// need it), the stale variant no longer stands for the resource.
-    fn forget_stale(&self, key: &str, status: StatusCode) {
+    fn forget_stale(&self, key: &CacheKey, status: StatusCode) {
         if let Some(stale) = &self.stale
             && !status.is_server_error()
         {
@@ -1091,46 +1159,6 @@ fn respond_from_entry(
     headers.insert(CACHE_STATUS.clone(), cache_status);
     *response.headers_mut() = headers;
     response
-}
-
-/// Headers sent to the origin: the client's end-to-end headers, minus `Host`
-/// (the origin's own is used unless `preserved_host` is given), plus
-/// `X-Forwarded-For`, `X-Forwarded-Proto` and `Via`. A fill also drops
-/// conditional and range headers, since its answer is shared by clients who
-/// did not ask them.
-fn forward_headers(
-    client_headers: &HeaderMap,
-    client: SocketAddr,
-    fill: bool,
-    preserved_host: Option<HeaderValue>,
-) -> HeaderMap {
-    let mut headers = client_headers.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    if let Some(host) = preserved_host {
-        headers.insert(header::HOST, host);
-    }
-    if fill {
-        for name in &FILL_STRIPPED {
-            headers.remove(name);
-        }
-    }
-    append_to_list(&mut headers, &X_FORWARDED_FOR, &client.ip().to_string());
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    append_to_list(&mut headers, &header::VIA, VIA_CORRAL);
-    headers
-}
-
-/// The client's `Host` (or HTTP/2 `:authority`) when `route` says to forward
-/// it; `None` lets the origin client send the origin's own.
-fn preserved_host(parts: &Parts, route: Option<&Route>) -> Option<HeaderValue> {
-    if !route.is_some_and(|route| route.preserve_host) {
-        return None;
-    }
-    let host = request_host(parts);
-    (!host.is_empty())
-        .then(|| HeaderValue::from_str(host).ok())
-        .flatten()
 }
 
 /// The host a request addressed: the URI authority (HTTP/2, absolute form) or `Host`.

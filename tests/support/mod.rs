@@ -2,6 +2,9 @@
 //! ephemeral loopback ports in front of a [`MockOrigin`], and a plain client.
 #![allow(dead_code)]
 
+pub mod raw_client;
+pub mod raw_origin;
+
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -34,6 +37,18 @@ impl TestProxy {
     /// `http://ADMIN{path}` on the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("admin answers")
+            .text()
+            .await
+            .expect("metrics body")
     }
 
     /// Signals shutdown and waits until both listeners have drained.
@@ -95,6 +110,16 @@ pub fn client() -> reqwest::Client {
         .pool_max_idle_per_host(1024)
         .build()
         .expect("client builds")
+}
+
+/// A client speaking HTTP/2 with prior knowledge (h2c), as corral's listener
+/// accepts it.
+pub fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client builds")
 }
 
 /// The `Cache-Status` header of a response, or "".
