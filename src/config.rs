@@ -15,8 +15,6 @@ use serde::Deserialize;
 use toml::Spanned;
 use wildmatch::WildMatch;
 
-use crate::cache::freshness::FreshnessPolicy;
-
 /// Longest duration any setting accepts. Far beyond any sensible value, and
 /// far from the point where adding it to a clock reading would overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -343,7 +341,9 @@ impl OriginConfig {
     }
 
     /// Checks the protection settings serde cannot: ranges and non-zero limits.
-    fn validate(&self) -> Result<(), String> {
+    /// Returns every problem found, in the order checked; empty when all hold.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         let limits = [
             ("connect_timeout", self.connect_timeout),
             ("timeout", self.timeout),
@@ -352,27 +352,26 @@ impl OriginConfig {
             ("retry_budget_window", self.retry_budget_window),
             ("breaker_window", self.breaker_window),
         ];
-        if let Some((name, _)) = limits.iter().find(|(_, limit)| limit.is_zero()) {
-            return Err(format!("origin.{name} must be longer than zero"));
+        for (name, _) in limits.iter().filter(|(_, limit)| limit.is_zero()) {
+            problems.push(format!("origin.{name} must be longer than zero"));
         }
         if !(self.retry_budget.is_finite() && self.retry_budget >= 0.0) {
-            return Err(
-                "origin.retry_budget must be a fraction of zero or more (0.2 = 20%)".into(),
-            );
+            problems
+                .push("origin.retry_budget must be a fraction of zero or more (0.2 = 20%)".into());
         }
         if !(self.breaker_failure_rate > 0.0 && self.breaker_failure_rate <= 1.0) {
-            return Err("origin.breaker_failure_rate must be above 0 and at most 1".into());
+            problems.push("origin.breaker_failure_rate must be above 0 and at most 1".into());
         }
         if self.breaker_min_requests == 0 {
-            return Err("origin.breaker_min_requests must be at least 1".into());
+            problems.push("origin.breaker_min_requests must be at least 1".into());
         }
         if self.max_concurrent == 0 {
-            return Err("origin.max_concurrent must be at least 1".into());
+            problems.push("origin.max_concurrent must be at least 1".into());
         }
         if self.max_response_header_size.as_u64() < 1024 {
-            return Err("origin.max_response_header_size must be at least 1KiB".into());
+            problems.push("origin.max_response_header_size must be at least 1KiB".into());
         }
-        Ok(())
+        problems
     }
 }
 
@@ -567,6 +566,45 @@ fn default_true() -> bool {
     true
 }
 
+/// A route's say in freshness: what corral does when the origin is silent,
+/// and when it overrides the origin. `cache::policy` applies it (README: "Freshness precedence").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreshnessPolicy {
+    /// Lifetime of a 200 without explicit freshness (or of every 200 with
+    /// `override_origin`).
+    pub route_ttl: Duration,
+    /// The route's ttls win over the origin's `s-maxage`, `max-age` and
+    /// `Expires` (for 200, and for 404/410 when `negative_ttl` is set).
+    pub override_origin: bool,
+    /// Whether heuristic freshness from `Last-Modified` may be used.
+    pub heuristic: bool,
+    /// The longest heuristic lifetime.
+    pub heuristic_max: Duration,
+    /// Lifetime of 404 and 410 responses; `None` means they are never stored
+    /// (errors are only cached when a route asks for negative caching).
+    pub negative_ttl: Option<Duration>,
+    /// Stale-while-revalidate window used when the origin sends none.
+    pub stale_while_revalidate: Option<Duration>,
+    /// Stale-if-error window used when the origin sends none.
+    pub stale_if_error: Option<Duration>,
+}
+
+impl FreshnessPolicy {
+    /// A policy giving 200s `route_ttl` by default, with no override, no
+    /// heuristic, no negative caching and no default stale windows.
+    pub fn with_ttl(route_ttl: Duration) -> FreshnessPolicy {
+        FreshnessPolicy {
+            route_ttl,
+            override_origin: false,
+            heuristic: false,
+            heuristic_max: Duration::ZERO,
+            negative_ttl: None,
+            stale_while_revalidate: None,
+            stale_if_error: None,
+        }
+    }
+}
+
 /// Whether a route lets clients' cache directives force a trip to the origin.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -606,8 +644,22 @@ impl HostPattern {
     }
 }
 
-/// Why a configuration was refused. Displays as `file:line:col: reason` when the
-/// position is known, so editors and CI logs can jump to it.
+/// One thing wrong with a configuration, at the position of the value it is
+/// about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// 1-based line of the offending value (1 when the value has no position,
+    /// as with `--origin` or a setting whose span is not recorded).
+    pub line: usize,
+    /// 1-based column, in characters, of the offending value (1 when it has no
+    /// position).
+    pub column: usize,
+    /// What is wrong, in words.
+    pub reason: String,
+}
+
+/// Why a configuration was refused. Displays as `file:line:col: reason`, one
+/// line per problem, so editors and CI logs can jump to each.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
@@ -618,18 +670,32 @@ pub enum ConfigError {
         /// The operating system's reason.
         source: std::io::Error,
     },
-    /// The file was read but is not a valid configuration.
-    #[error("{}:{line}:{column}: {reason}", path.display())]
+    /// The file was read but is not a valid configuration. Displays one
+    /// `file:line:col: reason` line per problem, in the order of `problems`,
+    /// joined by `\n` (no trailing newline).
+    #[error("{}", display_problems(path, problems))]
     InvalidConfig {
-        /// The file the problem is in.
+        /// The file the problems are in.
         path: PathBuf,
-        /// 1-based line of the offending value.
-        line: usize,
-        /// 1-based column of the offending value.
-        column: usize,
-        /// What is wrong, in words.
-        reason: String,
+        /// Every problem found, in file order (by line, then column; problems
+        /// at the same position in the order they were checked). Never empty
+        /// when built by [`Config`]: a TOML syntax or type error is the one
+        /// problem reported (parsing cannot go on past it); a file that parses
+        /// has all its semantic problems reported together.
+        problems: Vec<ConfigProblem>,
     },
+}
+
+/// `path:line:col: reason` for each problem, one per line.
+fn display_problems(path: &Path, problems: &[ConfigProblem]) -> String {
+    if problems.is_empty() {
+        return format!("{}: invalid config", path.display());
+    }
+    problems
+        .iter()
+        .map(|p| format!("{}:{}:{}: {}", path.display(), p.line, p.column, p.reason))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Config {
@@ -637,7 +703,8 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError::ReadConfigFile`] when it cannot be read,
-    /// [`ConfigError::InvalidConfig`] with the position of the first problem otherwise.
+    /// [`ConfigError::InvalidConfig`] with the position of every problem otherwise
+    /// (see [`Config::parse`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadConfigFile {
             path: path.to_owned(),
@@ -649,23 +716,36 @@ impl Config {
     /// Parses and validates `text`; `path` is used only to label errors.
     ///
     /// # Errors
-    /// [`ConfigError::InvalidConfig`] naming the line, column and reason.
+    /// [`ConfigError::InvalidConfig`] naming the line, column and reason of
+    /// each problem, in file order: the one TOML syntax or type error when
+    /// `text` does not parse, else every semantic problem at once.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let invalid = |span: Option<Range<usize>>, reason: String| {
+        let problem = |span: Option<Range<usize>>, reason: String| {
             let (line, column) = line_column(text, span.map_or(0, |s| s.start));
-            ConfigError::InvalidConfig {
-                path: path.to_owned(),
+            ConfigProblem {
                 line,
                 column,
                 reason,
             }
         };
-        let config: Config =
-            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
-        config
-            .validate()
-            .map_err(|(span, reason)| invalid(Some(span), reason))?;
-        Ok(config)
+        let invalid = |problems: Vec<ConfigProblem>| ConfigError::InvalidConfig {
+            path: path.to_owned(),
+            problems,
+        };
+        let config: Config = toml::from_str(text)
+            .map_err(|e| invalid(vec![problem(e.span(), e.message().trim().to_owned())]))?;
+        let mut problems = config.validate();
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        // Stable: problems at one position keep the order they were checked in.
+        problems.sort_by_key(|(span, _)| span.start);
+        Err(invalid(
+            problems
+                .into_iter()
+                .map(|(span, reason)| problem(Some(span), reason))
+                .collect(),
+        ))
     }
 
     /// The configuration `corral --origin URL` runs with: one catch-all route.
@@ -711,44 +791,57 @@ impl Config {
                 request_timeout: None,
             }],
         };
-        config
-            .validate()
-            .map_err(|(_, reason)| ConfigError::InvalidConfig {
-                path: PathBuf::from("--origin"),
-                line: 1,
-                column: 1,
-                reason,
-            })?;
-        Ok(config)
+        let problems = config.validate();
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        Err(ConfigError::InvalidConfig {
+            path: PathBuf::from("--origin"),
+            problems: problems
+                .into_iter()
+                .map(|(_, reason)| ConfigProblem {
+                    line: 1,
+                    column: 1,
+                    reason,
+                })
+                .collect(),
+        })
     }
 
     /// Checks what serde cannot: URL shape, pattern shape, sizes that contradict.
-    fn validate(&self) -> Result<(), (Range<usize>, String)> {
+    /// Returns every problem found, each with the span of the value it is about
+    /// (`0..0` when that value has none), in the order checked; empty when the
+    /// configuration is valid.
+    fn validate(&self) -> Vec<(Range<usize>, String)> {
+        let mut problems: Vec<(Range<usize>, String)> = Vec::new();
+        let url_span = self.origin.url.span();
         let url = self.origin.url.get_ref();
-        let parsed: http::Uri = url
-            .parse()
-            .map_err(|e| (self.origin.url.span(), format!("origin url {url:?}: {e}")))?;
-        if parsed.scheme_str() != Some("http") || parsed.authority().is_none() {
-            return Err((
-                self.origin.url.span(),
-                format!(
-                    "origin url {url:?} must be http://host[:port] (TLS origins are not supported yet)"
-                ),
-            ));
+        match url.parse::<http::Uri>() {
+            Err(e) => problems.push((url_span.clone(), format!("origin url {url:?}: {e}"))),
+            Ok(parsed) => {
+                if parsed.scheme_str() != Some("http") || parsed.authority().is_none() {
+                    problems.push((
+                        url_span.clone(),
+                        format!(
+                            "origin url {url:?} must be http://host[:port] (TLS origins are not supported yet)"
+                        ),
+                    ));
+                }
+                if parsed.query().is_some() {
+                    problems.push((
+                        url_span.clone(),
+                        format!("origin url {url:?} must not carry a query"),
+                    ));
+                }
+            }
         }
-        if parsed.query().is_some() {
-            return Err((
-                self.origin.url.span(),
-                format!("origin url {url:?} must not carry a query"),
-            ));
+        for reason in self.origin.problems() {
+            problems.push((url_span.clone(), reason));
         }
-        self.origin
-            .validate()
-            .map_err(|reason| (self.origin.url.span(), reason))?;
         for route in &self.routes {
             let pattern = route.pattern.get_ref();
             if !pattern.starts_with('/') && !pattern.starts_with('*') {
-                return Err((
+                problems.push((
                     route.pattern.span(),
                     format!("route match {pattern:?} must start with '/' or '*'"),
                 ));
@@ -760,14 +853,14 @@ impl Config {
                 route.request_timeout,
             ];
             if overrides.iter().flatten().any(Duration::is_zero) {
-                return Err((
+                problems.push((
                     route.pattern.span(),
                     format!("route {pattern:?}: timeouts must be longer than zero"),
                 ));
             }
             for host in &route.hosts {
                 if HostPattern::parse(host.get_ref()).is_none() {
-                    return Err((
+                    problems.push((
                         host.span(),
                         format!(
                             "route {pattern:?}: hosts entry {:?} must be a host name or host:port",
@@ -777,7 +870,7 @@ impl Config {
                 }
             }
             if route.preserve_host && route.hosts.is_empty() && self.server.hosts.is_empty() {
-                return Err((
+                problems.push((
                     route.pattern.span(),
                     format!(
                         "route {pattern:?} preserves Host but no hosts are listed (the route's `hosts` or `server.hosts`): any client could pick the key and the upstream Host"
@@ -788,15 +881,14 @@ impl Config {
                 let text = name.get_ref();
                 let lower = text.to_ascii_lowercase();
                 if http::HeaderName::from_bytes(text.as_bytes()).is_err() {
-                    return Err((
+                    problems.push((
                         name.span(),
                         format!(
                             "route {pattern:?}: forward_headers entry {text:?} is not a header name"
                         ),
                     ));
-                }
-                if UNFORWARDABLE.contains(&lower.as_str()) || lower.starts_with("if-") {
-                    return Err((
+                } else if UNFORWARDABLE.contains(&lower.as_str()) || lower.starts_with("if-") {
+                    problems.push((
                         name.span(),
                         format!(
                             "route {pattern:?}: forward_headers cannot name {text:?}: it frames the message, carries credentials or a condition, or is corral's to set"
@@ -805,7 +897,7 @@ impl Config {
                 }
             }
             if route.lock_timeout.is_zero() {
-                return Err((
+                problems.push((
                     route.pattern.span(),
                     format!(
                         "route {pattern:?}: lock_timeout must be longer than zero (every follower would get 504)"
@@ -825,11 +917,11 @@ impl Config {
                 ("timeout", route.timeout),
                 ("request_timeout", route.request_timeout),
             ];
-            if let Some((key, _)) = durations
+            for (key, _) in durations
                 .iter()
-                .find(|(_, d)| d.is_some_and(|d| d > MAX_DURATION))
+                .filter(|(_, d)| d.is_some_and(|d| d > MAX_DURATION))
             {
-                return Err((
+                problems.push((
                     route.pattern.span(),
                     format!(
                         "route {pattern:?}: {key} is longer than the {} allowed",
@@ -860,9 +952,9 @@ impl Config {
             ("origin.breaker_open_for", self.origin.breaker_open_for),
             ("origin.queue_timeout", self.origin.queue_timeout),
         ];
-        if let Some((key, _)) = global.iter().find(|(_, d)| *d > MAX_DURATION) {
-            return Err((
-                self.origin.url.span(),
+        for (key, _) in global.iter().filter(|(_, d)| *d > MAX_DURATION) {
+            problems.push((
+                url_span.clone(),
                 format!(
                     "{key} is longer than the {} allowed",
                     humantime::format_duration(MAX_DURATION)
@@ -872,22 +964,24 @@ impl Config {
         for host in &self.server.hosts {
             let name = host.get_ref();
             if HostPattern::parse(name).is_none() {
-                return Err((
+                problems.push((
                     host.span(),
                     format!("server.hosts entry {name:?} must be a host name or host:port"),
                 ));
             }
         }
+        // These settings are plain values (no span is recorded), so they are
+        // reported at the start of the file.
         if self.cache.max_variants == 0 {
-            return Err((0..0, "cache.max_variants must be at least 1".to_owned()));
+            problems.push((0..0, "cache.max_variants must be at least 1".to_owned()));
         }
         if self.cache.max_object_size > self.cache.max_size {
-            return Err((
+            problems.push((
                 0..0,
                 "cache.max_object_size is larger than cache.max_size".to_owned(),
             ));
         }
-        Ok(())
+        problems
     }
 
     /// Compiles the routes into the table the proxy matches requests against.
@@ -1312,6 +1406,130 @@ match = "/"
         assert_eq!(defaults.retry_budget, DEFAULT_RETRY_BUDGET);
         assert_eq!(defaults.max_concurrent, DEFAULT_MAX_CONCURRENT);
         assert_eq!(defaults.breaker_open_for, DEFAULT_BREAKER_OPEN_FOR);
+    }
+
+    /// The problems of a refused config, or a panic naming what was returned.
+    fn problems(text: &str) -> Vec<ConfigProblem> {
+        match parse(text) {
+            Err(ConfigError::InvalidConfig { problems, .. }) => problems,
+            other => panic!("expected an invalid config, got {other:?}"),
+        }
+    }
+
+    fn problem(line: usize, column: usize, reason: &str) -> ConfigProblem {
+        ConfigProblem {
+            line,
+            column,
+            reason: reason.to_owned(),
+        }
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported_in_file_order() {
+        // Checked routes first and server.hosts last; reported by position.
+        let text = r#"[server]
+hosts = ["ok.example", "user@evil"]
+[origin]
+url = "http://a:1"
+[[route]]
+match = "api"
+[[route]]
+match = "/b/"
+lock_timeout = "0s"
+"#;
+        assert_eq!(
+            problems(text),
+            [
+                problem(
+                    2,
+                    24,
+                    r#"server.hosts entry "user@evil" must be a host name or host:port"#
+                ),
+                problem(6, 9, r#"route match "api" must start with '/' or '*'"#),
+                problem(
+                    8,
+                    9,
+                    r#"route "/b/": lock_timeout must be longer than zero (every follower would get 504)"#
+                ),
+            ]
+        );
+        let err = parse(text).unwrap_err().to_string();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 3, "{err}");
+        assert!(
+            lines[0].starts_with("corral.toml:2:24: server.hosts"),
+            "{err}"
+        );
+        assert!(
+            lines[1].starts_with("corral.toml:6:9: route match"),
+            "{err}"
+        );
+        assert!(
+            lines[2].starts_with("corral.toml:8:9: route \"/b/\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_failed_check_of_one_setting_group_is_reported() {
+        let reasons: Vec<String> = problems(
+            r#"[origin]
+url = "http://a:1"
+timeout = "0s"
+max_concurrent = 0
+breaker_min_requests = 0
+[cache]
+max_variants = 0
+[[route]]
+match = "api"
+lock_timeout = "0s"
+forward_headers = ["Cookie", "X-Tenant"]
+"#,
+        )
+        .into_iter()
+        .map(|p| format!("{}:{}: {}", p.line, p.column, p.reason))
+        .collect();
+        assert_eq!(
+            reasons,
+            [
+                "1:1: cache.max_variants must be at least 1",
+                "2:7: origin.timeout must be longer than zero",
+                "2:7: origin.breaker_min_requests must be at least 1",
+                "2:7: origin.max_concurrent must be at least 1",
+                r#"9:9: route match "api" must start with '/' or '*'"#,
+                r#"9:9: route "api": lock_timeout must be longer than zero (every follower would get 504)"#,
+                r#"11:20: route "api": forward_headers cannot name "Cookie": it frames the message, carries credentials or a condition, or is corral's to set"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_one_problem() {
+        // Two semantic problems (lines 2 and 4), then a syntax error: only the
+        // syntax error is reported, since nothing past it can be checked.
+        let found = problems("[origin]\nurl = \"ftp://a:1\"\n[[route]]\nmatch = \"api\"\nttl = \n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].line, 5, "{found:?}");
+    }
+
+    #[test]
+    fn for_origin_reports_every_problem_at_the_flag() {
+        let err = Config::for_origin(
+            "ftp://a:1/?q",
+            DEFAULT_LISTEN.parse().unwrap(),
+            DEFAULT_ADMIN_LISTEN.parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap_err()
+        .to_string();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.starts_with("--origin:1:1: origin url")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //! - [`admin`]: metrics, health, purge and reload on their own listener.
 //! - [`reload`]: re-reading the config file (SIGHUP, `POST /reload`).
 //! - [`server`]: listeners, connection limits, graceful shutdown.
-//! - [`mock_origin`]: an in-process origin for the demo, tests and benchmarks.
-//! - [`demo`]: the flash-sale demonstration behind `corral demo`.
+//! - [`testing`]: tools outside the proxy: the in-process origin for tests and
+//!   benchmarks, and the flash-sale demonstration behind `corral demo`.
 //!
 //! The caller binds the listeners and supplies the shutdown signal ([`Corral::serve`]),
 //! so tests run many instances side by side on ephemeral ports.
@@ -25,14 +25,13 @@ pub mod admin;
 pub mod cache;
 pub mod coalesce;
 pub mod config;
-pub mod demo;
 pub mod http;
 pub mod metrics;
-pub mod mock_origin;
 pub mod origin;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod testing;
 
 use std::future::Future;
 use std::path::PathBuf;

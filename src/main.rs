@@ -10,8 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use corral::Corral;
 use corral::config::{self, Config};
-use corral::{Corral, demo};
+use corral::testing::demo;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -49,7 +50,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate a config file: exit 0, or print file:line:col and the reason.
+    /// Validate a config file: exit 0, or print every problem as
+    /// file:line:col: reason, one per line, and exit 1.
     Check {
         /// The config file to validate.
         file: PathBuf,

@@ -18,11 +18,82 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::http::CacheOutcome;
-use crate::origin::Refusal;
-
 /// Cache statuses in label order; indexes [`RouteMetrics::requests`].
-const CACHE_STATUSES: [&str; 6] = ["hit", "miss", "coalesced", "stale", "pass", "error"];
+/// How a request was answered, as the `cache_status` label says it. The proxy
+/// maps its richer outcome onto one of these; metrics owns the label set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatusLabel {
+    /// Served fresh from the cache.
+    Hit,
+    /// This request's fetch went to the origin.
+    Miss,
+    /// This request waited on another request's fetch.
+    Coalesced,
+    /// Served stale from the cache.
+    Stale,
+    /// Relayed without caching or coalescing.
+    Pass,
+    /// Answered with an error by corral itself.
+    Error,
+}
+
+impl CacheStatusLabel {
+    /// Every label, in index order.
+    pub const ALL: [CacheStatusLabel; 6] = [
+        CacheStatusLabel::Hit,
+        CacheStatusLabel::Miss,
+        CacheStatusLabel::Coalesced,
+        CacheStatusLabel::Stale,
+        CacheStatusLabel::Pass,
+        CacheStatusLabel::Error,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatusLabel::Hit => "hit",
+            CacheStatusLabel::Miss => "miss",
+            CacheStatusLabel::Coalesced => "coalesced",
+            CacheStatusLabel::Stale => "stale",
+            CacheStatusLabel::Pass => "pass",
+            CacheStatusLabel::Error => "error",
+        }
+    }
+}
+
+/// Why a request was answered without the origin (`corral_shed_total`'s
+/// `reason`). The origin client maps its refusals onto these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// The circuit breaker is open.
+    CircuitOpen,
+    /// The origin asked for a pause with `Retry-After`.
+    RetryAfter,
+    /// Every concurrency slot was busy and the queue was full.
+    QueueFull,
+    /// The request waited in the queue too long.
+    QueueTimeout,
+}
+
+impl ShedReason {
+    /// Every reason, in index order.
+    pub const ALL: [ShedReason; 4] = [
+        ShedReason::CircuitOpen,
+        ShedReason::RetryAfter,
+        ShedReason::QueueFull,
+        ShedReason::QueueTimeout,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::CircuitOpen => "circuit_open",
+            ShedReason::RetryAfter => "retry_after",
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::QueueTimeout => "queue_timeout",
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -178,10 +249,12 @@ impl Metrics {
             route: route.to_owned(),
             cache_status,
         };
-        let requests =
-            CACHE_STATUSES.map(|status| self.requests.get_or_create_owned(&labels(status)));
-        let durations = CACHE_STATUSES
-            .map(|status| self.request_durations.get_or_create_owned(&labels(status)));
+        let requests = CacheStatusLabel::ALL
+            .map(|status| self.requests.get_or_create_owned(&labels(status.as_str())));
+        let durations = CacheStatusLabel::ALL.map(|status| {
+            self.request_durations
+                .get_or_create_owned(&labels(status.as_str()))
+        });
         RouteMetrics {
             route: route.to_owned(),
             requests,
@@ -220,30 +293,18 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// Counts one answered request and records how long its answer took.
-    pub fn record(&self, outcome: CacheOutcome, elapsed: Duration) {
-        let index = status_index(outcome);
+    pub fn record(&self, status: CacheStatusLabel, elapsed: Duration) {
+        let index = status as usize;
         self.requests[index].inc();
         self.durations[index].observe(elapsed);
     }
 
     /// How many requests were answered with `cache_status` so far (for tests and demos).
     pub fn answered(&self, cache_status: &str) -> u64 {
-        CACHE_STATUSES
+        CacheStatusLabel::ALL
             .iter()
-            .position(|s| *s == cache_status)
+            .position(|s| s.as_str() == cache_status)
             .map_or(0, |i| self.requests[i].get())
-    }
-}
-
-/// Index of `outcome` in [`CACHE_STATUSES`].
-fn status_index(outcome: CacheOutcome) -> usize {
-    match outcome {
-        CacheOutcome::Hit => 0,
-        CacheOutcome::Miss | CacheOutcome::Revalidated { collapsed: false } => 1,
-        CacheOutcome::Coalesced | CacheOutcome::Revalidated { collapsed: true } => 2,
-        CacheOutcome::Stale(_) => 3,
-        CacheOutcome::Pass(_) => 4,
-        CacheOutcome::Error => 5,
     }
 }
 
@@ -480,7 +541,7 @@ impl Metrics {
             in_flight: families.in_flight.get_or_create_owned(&label),
             queue_depth: families.queue_depth.get_or_create_owned(&label),
             queue_wait: families.queue_wait.get_or_create_owned(&label),
-            shed: Refusal::ALL.map(|reason| {
+            shed: ShedReason::ALL.map(|reason| {
                 families.shed.get_or_create_owned(&ShedLabels {
                     origin: origin.to_owned(),
                     reason: reason.as_str(),
@@ -503,8 +564,8 @@ pub struct OriginMetrics {
     pub queue_depth: Gauge,
     /// `corral_origin_queue_wait_seconds`: how long queued requests waited.
     pub queue_wait: Histogram,
-    /// `corral_shed_total`, one per [`Refusal`] in [`Refusal::ALL`] order.
-    shed: [Counter; Refusal::ALL.len()],
+    /// `corral_shed_total`, one per [`ShedReason`] in [`ShedReason::ALL`] order.
+    shed: [Counter; ShedReason::ALL.len()],
     /// `corral_origin_retries_total`: attempts after the first.
     pub retries: Counter,
     /// `corral_retry_budget_exhausted_total`: retries the budget did not allow.
@@ -513,7 +574,7 @@ pub struct OriginMetrics {
 
 impl OriginMetrics {
     /// Counts one request answered without the origin, and why.
-    pub fn shed(&self, reason: Refusal) {
+    pub fn shed(&self, reason: ShedReason) {
         self.shed[reason as usize].inc();
     }
 }
@@ -542,7 +603,7 @@ mod tests {
     fn encoded_text_has_route_and_status_labels() {
         let metrics = Metrics::new();
         let route = metrics.route("products");
-        route.record(CacheOutcome::Hit, Duration::from_millis(1));
+        route.record(CacheStatusLabel::Hit, Duration::from_millis(1));
         let text = metrics.encode().unwrap();
         assert!(
             text.contains(r#"corral_requests_total{route="products",cache_status="hit"} 1"#),

@@ -19,7 +19,8 @@ pub enum ReloadError {
     /// corral was started with `--origin`, so there is no file to re-read.
     #[error("corral was started without a config file; nothing to reload")]
     NoConfigFile,
-    /// The file is unreadable or invalid.
+    /// The file is unreadable or invalid. Displays as the [`ConfigError`]
+    /// does: for an invalid file, one `file:line:col: reason` line per problem.
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
 }

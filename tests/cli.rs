@@ -1,6 +1,6 @@
 //! `corral check FILE`, run as the real binary: an invalid config is refused
-//! with `file:line:col: reason` and a non-zero exit; a valid one exits 0
-//! (DESIGN.md invariant 9).
+//! with one `file:line:col: reason` line per problem and a non-zero exit; a
+//! valid one exits 0 (DESIGN.md invariant 9).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -114,4 +114,42 @@ cache = false
         "a valid config must exit 0; stderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn check_reports_every_problem_of_a_file_one_per_line() {
+    let dir = TempDir::new("many-problems");
+    let file = dir.write(
+        "corral.toml",
+        r#"[server]
+hosts = ["ok.example", "user@evil"]
+
+[origin]
+url = "http://127.0.0.1:9000"
+
+[[route]]
+match = "api/"
+
+[[route]]
+match = "/cart/"
+lock_timeout = "0s"
+"#,
+    );
+    let output = check(&file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an invalid config must exit 1; stderr: {stderr}"
+    );
+    let path = file.display();
+    let expected = [
+        format!(r#"{path}:2:24: server.hosts entry "user@evil" must be a host name or host:port"#),
+        format!(r#"{path}:8:9: route match "api/" must start with '/' or '*'"#),
+        format!(
+            r#"{path}:11:9: route "/cart/": lock_timeout must be longer than zero (every follower would get 504)"#
+        ),
+    ];
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines, expected, "stderr: {stderr}");
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use corral::config::Config;
 use corral::metrics::ClientLimit;
-use corral::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
+use corral::testing::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
+use corral::testing::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;

@@ -9,7 +9,7 @@ use support::{Seen, join_all, seen};
 use std::collections::HashSet;
 use std::time::Duration;
 
-use corral::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
+use corral::testing::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
 use reqwest::StatusCode;
 
 /// Every path is a caching route: passing must come from the request itself.

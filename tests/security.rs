@@ -10,7 +10,7 @@ mod support;
 use std::sync::Arc;
 
 use corral::metrics::ClientLimit;
-use corral::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
+use corral::testing::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
 use support::raw_client::{BOUND, read_response, read_until_closed, send_raw};
 use support::raw_origin::{BodyMode, RawOrigin};
 

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use corral::cache::CacheKey;
-use corral::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
+use corral::testing::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
 use reqwest::StatusCode;
 
 /// Bound on every wait-for-condition; generous for a shared machine.

@@ -1,7 +1,7 @@
 //! The harness itself works: one miss then one hit through real sockets.
 mod support;
 
-use corral::mock_origin::{MockOrigin, Reply};
+use corral::testing::mock_origin::{MockOrigin, Reply};
 
 #[tokio::test]
 async fn miss_then_hit_through_real_sockets() {

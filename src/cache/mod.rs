@@ -9,8 +9,9 @@
 //! only reclaims memory once an entry can no longer be served, stale windows
 //! included ([`CachedResponse::keep_until`]).
 
-pub mod freshness;
 pub mod key;
+pub mod policy;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -26,10 +27,9 @@ use tokio::time::Instant;
 
 pub use key::CacheKey;
 
-use freshness::{
-    CORRAL_CACHE_CONTROL, FreshnessPolicy, Lifetime, LifetimeSource, RequestDirectives,
-    ResponseDirectives, Reuse,
-};
+use crate::config::FreshnessPolicy;
+use crate::http::directives::{CORRAL_CACHE_CONTROL, RequestDirectives, ResponseDirectives};
+use policy::{Lifetime, LifetimeSource, Reuse};
 
 /// Extra time an entry stays in memory after it can last be served (its
 /// freshness plus its longest stale window), so in-flight readers, a breaker
@@ -157,26 +157,20 @@ impl CachedResponse {
         policy: &FreshnessPolicy,
     ) -> CachedResponse {
         let directives = ResponseDirectives::from_headers(&headers);
-        let lifetime = freshness::freshness_lifetime(
-            status,
-            &headers,
-            &directives,
-            timing.received_at,
-            policy,
-        );
-        let initial_age = freshness::corrected_initial_age(
+        let lifetime =
+            policy::freshness_lifetime(status, &headers, &directives, timing.received_at, policy);
+        let initial_age = policy::corrected_initial_age(
             &headers,
             timing.request_time,
             timing.response_time,
             timing.received_at,
         );
-        let fresh_until =
-            freshness::fresh_until(timing.response_time, lifetime.duration, initial_age);
+        let fresh_until = policy::fresh_until(timing.response_time, lifetime.duration, initial_age);
         let window = longest_stale_window(&directives, lifetime, policy);
         let keep_until = fresh_until
             .checked_add(window.saturating_add(EVICTION_GRACE))
             .unwrap_or(fresh_until);
-        let has_validator = freshness::has_validator(&headers);
+        let has_validator = policy::has_validator(&headers);
         let mut headers = detach(headers);
         let corral_cache_control = match headers.entry(&CORRAL_CACHE_CONTROL) {
             http::header::Entry::Occupied(lines) => lines.remove_entry_mult().1.collect(),
@@ -200,10 +194,10 @@ impl CachedResponse {
 
     /// This entry updated by a 304 (RFC 9111 §4.3.4) that answered a
     /// revalidation for `request`: the same body, the stored headers merged
-    /// with the 304's ([`freshness::freshen_headers`]), the variant taken
+    /// with the 304's ([`policy::freshen_headers`]), the variant taken
     /// again from the merged `Vary` and the route's `forwarded` headers,
     /// freshness computed afresh from the 304's
-    /// arrival. Check [`freshness::not_modified_applies`] against
+    /// arrival. Check [`policy::not_modified_applies`] against
     /// [`origin_headers`](Self::origin_headers) first.
     pub fn freshened(
         &self,
@@ -213,7 +207,7 @@ impl CachedResponse {
         timing: Timing,
         policy: &FreshnessPolicy,
     ) -> CachedResponse {
-        let merged = freshness::freshen_headers(&self.origin_headers(), not_modified);
+        let merged = policy::freshen_headers(&self.origin_headers(), not_modified);
         let variant = Variant::capture(crate::http::vary_names(&merged), forwarded, request);
         CachedResponse::new(
             self.status,
@@ -242,7 +236,7 @@ impl CachedResponse {
 
     /// Its `current_age` at `now` (RFC 9111 §4.2.3).
     pub fn current_age(&self, now: Instant) -> Duration {
-        freshness::current_age(self.initial_age, self.timing.response_time, now)
+        policy::current_age(self.initial_age, self.timing.response_time, now)
     }
 
     /// Whole seconds of age at `now`, for `Age`.
@@ -257,14 +251,14 @@ impl CachedResponse {
 
     /// Whether it may answer a request with `request` directives at `now`
     /// without the origin, or how it may be used while the origin is asked
-    /// ([`freshness::reuse`]).
+    /// ([`policy::reuse`]).
     pub fn reuse(
         &self,
         now: Instant,
         request: &RequestDirectives,
         policy: &FreshnessPolicy,
     ) -> Reuse {
-        freshness::reuse(
+        policy::reuse(
             &self.directives,
             self.lifetime,
             self.current_age(now),
@@ -819,7 +813,10 @@ mod tests {
             timing(),
             &FreshnessPolicy::with_ttl(Duration::ZERO),
         ));
-        assert_eq!(stored.lifetime.duration, freshness::DELTA_SECONDS_MAX);
+        assert_eq!(
+            stored.lifetime.duration,
+            crate::http::directives::DELTA_SECONDS_MAX
+        );
         cache.insert(key("/k"), stored, &HeaderMap::new());
         cache.run_pending_tasks();
         assert_eq!(cache.variant_count(&key("/k")), 1);

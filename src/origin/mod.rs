@@ -42,8 +42,8 @@ pub use breaker::{
 pub use limit::{ConcurrencyLimit, LimitGauges, LimitPermit, Shed};
 pub use retry::{Backoff, RetryAfterGate, RetryBudget, parse_retry_after};
 
-use crate::config::{OriginConfig, Route};
-use crate::metrics::{Metrics, OriginMetrics};
+use crate::config::OriginConfig;
+use crate::metrics::{Metrics, OriginMetrics, ShedReason};
 
 /// `Retry-After` given to a request shed by the concurrency limit.
 const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -117,6 +117,17 @@ impl Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl From<Refusal> for ShedReason {
+    fn from(refusal: Refusal) -> ShedReason {
+        match refusal {
+            Refusal::CircuitOpen => ShedReason::CircuitOpen,
+            Refusal::RetryAfter => ShedReason::RetryAfter,
+            Refusal::QueueFull => ShedReason::QueueFull,
+            Refusal::QueueTimeout => ShedReason::QueueTimeout,
+        }
     }
 }
 
@@ -207,6 +218,20 @@ impl OriginError {
     }
 }
 
+/// Limits that replace the origin's own for some requests (a route's), each
+/// `None` where the origin's applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeoutOverrides {
+    /// Replaces [`Timeouts::connect`].
+    pub connect: Option<Duration>,
+    /// Replaces [`Timeouts::first_byte`].
+    pub first_byte: Option<Duration>,
+    /// Replaces [`Timeouts::response`].
+    pub response: Option<Duration>,
+    /// Replaces [`Timeouts::request`].
+    pub request: Option<Duration>,
+}
+
 /// The time limits one request to the origin runs under: the origin's, with
 /// the route's overrides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,13 +260,13 @@ impl Timeouts {
         }
     }
 
-    /// These limits with `route`'s overrides applied.
-    pub fn with_route(self, route: &Route) -> Timeouts {
+    /// These limits with `overrides` applied (a route's, say).
+    pub fn overridden_by(self, overrides: &TimeoutOverrides) -> Timeouts {
         Timeouts {
-            connect: route.connect_timeout.unwrap_or(self.connect),
-            first_byte: route.first_byte_timeout.unwrap_or(self.first_byte),
-            response: route.timeout.unwrap_or(self.response),
-            request: route.request_timeout.unwrap_or(self.request),
+            connect: overrides.connect.unwrap_or(self.connect),
+            first_byte: overrides.first_byte.unwrap_or(self.first_byte),
+            response: overrides.response.unwrap_or(self.response),
+            request: overrides.request.unwrap_or(self.request),
         }
     }
 }
@@ -520,10 +545,11 @@ impl OriginClient {
         self.shared.limit.queued()
     }
 
-    /// The time limits for a request on `route` (the origin's without one).
-    pub fn timeouts(&self, route: Option<&Route>) -> Timeouts {
-        match route {
-            Some(route) => self.shared.defaults.with_route(route),
+    /// The time limits for a request: the origin's, with `overrides` (a
+    /// route's) applied when given.
+    pub fn timeouts(&self, overrides: Option<&TimeoutOverrides>) -> Timeouts {
+        match overrides {
+            Some(overrides) => self.shared.defaults.overridden_by(overrides),
             None => self.shared.defaults,
         }
     }
@@ -539,7 +565,7 @@ impl OriginClient {
         &self,
         path_and_query: &str,
         headers: HeaderMap,
-        route: &Route,
+        timeouts: Timeouts,
     ) -> Result<OriginResponse, OriginError> {
         let url = format!("{}{}", self.shared.base, path_and_query);
         let exchange = Exchange::new(
@@ -549,7 +575,7 @@ impl OriginClient {
             Bytes::new().into(),
             ExchangeKind::Fill,
         );
-        self.exchange(exchange, self.timeouts(Some(route))).await
+        self.exchange(exchange, timeouts).await
     }
 
     /// Forwards a request. No total deadline applies to the body, only the
@@ -565,11 +591,11 @@ impl OriginClient {
         path_and_query: &str,
         headers: HeaderMap,
         body: reqwest::Body,
-        route: Option<&Route>,
+        timeouts: Timeouts,
     ) -> Result<OriginResponse, OriginError> {
         let url = format!("{}{}", self.shared.base, path_and_query);
         let exchange = Exchange::new(method, url, headers, body, ExchangeKind::Pass);
-        self.exchange(exchange, self.timeouts(route)).await
+        self.exchange(exchange, timeouts).await
     }
 
     /// Reads the next chunk of a fill's body; `None` at a clean end.
@@ -604,7 +630,7 @@ impl OriginClient {
                 Err(refused) => {
                     return previous.unwrap_or_else(|| {
                         if let OriginError::Refused { reason, .. } = &refused {
-                            shared.metrics.shed(*reason);
+                            shared.metrics.shed((*reason).into());
                         }
                         Err(refused)
                     });

@@ -6,7 +6,8 @@ use std::time::Duration;
 use http::{Response, StatusCode, header};
 
 use super::body::ProxyBody;
-use crate::http::{CACHE_STATUS, CacheOutcome, cache_status_value};
+use super::render::{CacheOutcome, cache_status_value};
+use crate::http::CACHE_STATUS;
 use crate::origin::OriginError;
 
 /// Why corral answered a request itself instead of relaying an origin answer.

@@ -7,6 +7,7 @@ mod admission;
 mod body;
 mod error;
 mod forward;
+mod render;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,23 +30,24 @@ use tokio::time::Instant;
 use admission::Admission;
 pub use body::{BoxError, ProxyBody};
 pub use error::ProxyError;
+pub use render::{CacheOutcome, StaleReason, cache_status_value};
 
-use crate::cache::freshness::{
-    self, CORRAL_CACHE_CONTROL, RequestDirectives, ResponseDirectives, Reuse,
-};
 use crate::cache::key::canonical_authority;
+use crate::cache::policy::{
+    self, PassReason, Reuse, Shareability, request_pass_reason, shareability,
+};
 use crate::cache::{
     CacheKey, CachedResponse, HotCache, NO_REQUEST_DIRECTIVES, PassMarks, Timing, Variant,
 };
 use crate::coalesce::{FlightMap, Join, Leader, WaitError};
 use crate::config::{ClientNoCache, Config, Route, RouteTable};
+use crate::http::directives::{CORRAL_CACHE_CONTROL, RequestDirectives, ResponseDirectives};
 use crate::http::{
-    CACHE_STATUS, CacheOutcome, PassReason, Shareability, StaleReason, VIA_CORRAL, append_to_list,
-    cache_status_value, ensure_date, request_pass_reason, same_origin_path, shareability,
-    strip_hop_by_hop, vary_names,
+    CACHE_STATUS, VIA_CORRAL, append_to_list, ensure_date, same_origin_path, strip_hop_by_hop,
+    vary_names,
 };
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::origin::{OriginClient, OriginError, OriginResponse, Refusal};
+use crate::origin::{OriginClient, OriginError, OriginResponse, Refusal, TimeoutOverrides};
 
 /// How many times a request re-joins a key whose leader vanished before
 /// giving up with 502. (Re-joining after a leader fetched another variant is
@@ -243,7 +245,7 @@ impl Proxy {
             .dispatch(&parts, body, client, matched, route_metrics, pass_reason)
             .await;
         let elapsed = started.elapsed();
-        route_metrics.record(outcome, elapsed);
+        route_metrics.record(outcome.status_label(), elapsed);
         if let Some((method, uri)) = access {
             log_access(&method, &uri, &response, outcome, elapsed);
         }
@@ -679,7 +681,7 @@ impl Proxy {
                 path_and_query(parts),
                 headers,
                 body,
-                route,
+                state.origin.timeouts(route.map(route_timeouts).as_ref()),
             )
             .await;
         observe_origin_duration(&state.metrics, started, &sent);
@@ -719,6 +721,16 @@ fn request_directives(headers: &HeaderMap, policy: ClientNoCache) -> Option<Requ
             }
         },
     )
+}
+
+/// The origin time limits `route` overrides.
+fn route_timeouts(route: &Route) -> TimeoutOverrides {
+    TimeoutOverrides {
+        connect: route.connect_timeout,
+        first_byte: route.first_byte_timeout,
+        response: route.timeout,
+        request: route.request_timeout,
+    }
 }
 
 /// Whether the request head announces content: a non-zero `Content-Length`
@@ -860,7 +872,7 @@ impl Fill {
         loop {
             let mut headers = self.origin_headers.clone();
             if let Some(stored) = revalidating {
-                headers.extend(freshness::conditional_headers(&stored.headers));
+                headers.extend(policy::conditional_headers(&stored.headers));
             }
             let (response, timing) = match self.fetch(headers).await {
                 Ok(fetched) => fetched,
@@ -872,7 +884,7 @@ impl Fill {
             if response.status() != StatusCode::NOT_MODIFIED {
                 return self.complete(response, timing, revalidation, publish).await;
             }
-            if freshness::not_modified_applies(&stored.origin_headers(), response.headers()) {
+            if policy::not_modified_applies(&stored.origin_headers(), response.headers()) {
                 let entry = stored.freshened(
                     response.headers(),
                     &self.request_headers,
@@ -880,7 +892,7 @@ impl Fill {
                     timing,
                     policy,
                 );
-                let verdict = freshness::not_storable_reason(
+                let verdict = policy::not_storable_reason(
                     &Method::GET,
                     &self.request_headers,
                     entry.status,
@@ -908,7 +920,11 @@ impl Fill {
         let request_time = Instant::now();
         let fetched = state
             .origin
-            .fetch(&self.path_and_query, headers, &self.route)
+            .fetch(
+                &self.path_and_query,
+                headers,
+                state.origin.timeouts(Some(&route_timeouts(&self.route))),
+            )
             .await;
         observe_origin_duration(&state.metrics, request_time, &fetched);
         let mut response = match fetched {
@@ -948,7 +964,7 @@ impl Fill {
         let state = &self.state;
         let status = response.status();
         let directives = ResponseDirectives::from_headers(response.headers());
-        let verdict = freshness::not_storable_reason(
+        let verdict = policy::not_storable_reason(
             &Method::GET,
             &self.request_headers,
             status,
@@ -1132,7 +1148,7 @@ fn respond_from_entry(
     let conditional = request.contains_key(header::IF_NONE_MATCH)
         || request.contains_key(header::IF_MODIFIED_SINCE);
     if conditional
-        && freshness::client_not_modified(
+        && policy::client_not_modified(
             request,
             entry.status,
             &entry.headers,
@@ -1141,7 +1157,7 @@ fn respond_from_entry(
     {
         let mut response = Response::new(ProxyBody::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
-        let mut headers = freshness::not_modified_response_headers(&entry.headers);
+        let mut headers = policy::not_modified_response_headers(&entry.headers);
         headers.insert(header::AGE, age);
         headers.insert(CACHE_STATUS.clone(), cache_status);
         *response.headers_mut() = headers;

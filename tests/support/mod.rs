@@ -10,8 +10,8 @@ use std::path::Path;
 
 use corral::Corral;
 use corral::config::Config;
-use corral::mock_origin::MockOrigin;
 use corral::proxy::Proxy;
+use corral::testing::mock_origin::MockOrigin;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

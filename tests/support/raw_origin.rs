@@ -1,7 +1,7 @@
 //! A bare-TCP HTTP/1.1 origin that records exactly what it receives, byte for
 //! byte, so tests can prove that no request was smuggled through corral.
 //!
-//! Unlike [`corral::mock_origin::MockOrigin`] it has no HTTP library between
+//! Unlike [`corral::testing::mock_origin::MockOrigin`] it has no HTTP library between
 //! the socket and the record: it splits the byte stream into requests the way
 //! a plain HTTP/1.1 server would (head up to CRLFCRLF, body framed by
 //! `Content-Length` or chunked `Transfer-Encoding`), so a request that corral

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::Corral;
 use crate::config::{Config, ConfigError};
-use crate::mock_origin::{MockOrigin, Reply};
+use crate::testing::mock_origin::{MockOrigin, Reply};
 
 /// The product every demo client asks for.
 pub const DEMO_PATH: &str = "/api/products/42";
