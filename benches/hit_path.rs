@@ -298,7 +298,8 @@ fn flight_round(
             Join::Leader(_) => panic!("a second leader was elected"),
         }
     }
-    leader.complete(Arc::clone(value));
+    leader.publish(Arc::clone(value));
+    leader.finish();
     let now = Instant::now();
     followers
         .drain(..)
@@ -341,7 +342,8 @@ fn flight_map(c: &mut Criterion) {
                 // Current-thread runtime: this lets every follower task run once
                 // and park on the channel before the leader publishes.
                 tokio::task::yield_now().await;
-                leader.complete(Arc::clone(&value));
+                leader.publish(Arc::clone(&value));
+                leader.finish();
                 let mut received = 0;
                 for task in waiting {
                     received += task.await.expect("task").expect("value").len();

@@ -5,10 +5,15 @@
 //! value the leader publishes. Followers are woken by the publication itself (a
 //! `watch` channel), never by polling.
 //!
-//! The slot is removed by the leader: [`Leader::complete`] publishes then removes,
-//! and dropping an uncompleted leader (failure, panic, cancellation) removes the
-//! slot and tells followers [`WaitError::Abandoned`] so they can elect a new
-//! leader instead of inheriting a failure. No lock is held across an `.await`: the
+//! Publishing and finishing are two steps. [`Leader::publish`] hands followers
+//! the value (they wake at once; callers arriving later still join and get it),
+//! and the slot stays. [`Leader::finish`] (or dropping the leader) removes the
+//! slot. In between, the caller can finish what newcomers must find elsewhere
+//! once the slot is gone (a cache write, a body still streaming): a newcomer
+//! always finds either the slot or that result, never neither. Dropping a
+//! leader that never published (failure, panic, cancellation) removes the slot
+//! and tells followers [`WaitError::Abandoned`] so they can elect a new leader
+//! instead of inheriting a failure. No lock is held across an `.await`: the
 //! map's shard lock is taken only inside `join` and the removals.
 //!
 //! This module knows nothing about HTTP, caching or metrics: it is generic over
@@ -62,8 +67,8 @@ where
 
 /// What [`FlightMap::join`] made of the caller.
 pub enum Join<K: Hash + Eq + Clone, V: Clone> {
-    /// Nobody was fetching this key: the caller must fetch and then
-    /// [`Leader::complete`] (or drop the leader to give up).
+    /// Nobody was fetching this key: the caller must fetch, [`Leader::publish`]
+    /// and [`Leader::finish`] (or drop the leader to give up).
     Leader(Leader<K, V>),
     /// A fetch is under way: await its outcome with [`Follower::wait`].
     Follower(Follower<V>),
@@ -71,8 +76,8 @@ pub enum Join<K: Hash + Eq + Clone, V: Clone> {
 
 /// The right, and the duty, to fetch one key. Exactly one exists per slot.
 ///
-/// Dropping it without calling [`Leader::complete`] removes the slot and wakes
-/// every follower with [`WaitError::Abandoned`].
+/// Dropping it removes the slot; if it never published, every follower wakes
+/// with [`WaitError::Abandoned`].
 pub struct Leader<K: Hash + Eq + Clone, V: Clone> {
     shared: Arc<Shared<K, V>>,
     key: K,
@@ -165,11 +170,27 @@ where
         self.publish.receiver_count()
     }
 
-    /// Publishes `value` to every follower, then removes the slot. Callers that
-    /// must find the value elsewhere afterwards (a cache) write it there *before*
-    /// calling this, so a newcomer sees either the slot or the stored value.
-    pub fn complete(self, value: V) {
+    /// A follower of this very flight: how the leader's own caller, having
+    /// handed the leader to the task that fetches, awaits the outcome the
+    /// same way every other caller does.
+    pub fn follow(&self) -> Follower<V> {
+        Follower {
+            outcome: self.publish.subscribe(),
+        }
+    }
+
+    /// Hands `value` to every follower, now and until the slot is removed;
+    /// the slot stays (see [`Leader::finish`]). A later publication replaces
+    /// the value for followers that have not taken it yet.
+    pub fn publish(&self, value: V) {
         self.publish.send_replace(Some(value));
+    }
+
+    /// Removes the slot: the next caller to join leads a new flight. Callers
+    /// that must find the outcome elsewhere once the slot is gone (a cache)
+    /// write it there *before* calling this, so a newcomer sees either the
+    /// slot or the stored value, never neither.
+    pub fn finish(self) {
         // Drop removes the slot; followers already hold the value.
     }
 }
@@ -190,6 +211,28 @@ where
 }
 
 impl<V: Clone> Follower<V> {
+    /// Waits for the leader's value for as long as the flight lasts: for the
+    /// caller whose own request leads it (the fetch is bounded by its own
+    /// time limits, and a dropped leader ends the wait).
+    ///
+    /// # Errors
+    /// [`WaitError::Abandoned`] when the leader gave up without a value.
+    pub async fn outcome(mut self) -> Result<V, WaitError> {
+        loop {
+            if let Some(value) = self.outcome.borrow_and_update().as_ref() {
+                return Ok(value.clone());
+            }
+            if self.outcome.changed().await.is_err() {
+                return self.published().ok_or(WaitError::Abandoned);
+            }
+        }
+    }
+
+    /// The value published before the leader went away, if any.
+    fn published(&self) -> Option<V> {
+        self.outcome.borrow().as_ref().cloned()
+    }
+
     /// Waits for the leader's value until `deadline`.
     ///
     /// Returns at once if the value is already published. Cancel-safe: dropping
@@ -208,12 +251,7 @@ impl<V: Clone> Follower<V> {
                 Ok(Ok(())) => continue,
                 Ok(Err(_closed)) => {
                     // The sender is gone; it may still have published just before.
-                    return self
-                        .outcome
-                        .borrow()
-                        .as_ref()
-                        .cloned()
-                        .ok_or(WaitError::Abandoned);
+                    return self.published().ok_or(WaitError::Abandoned);
                 }
             }
         }
@@ -250,16 +288,50 @@ mod tests {
         let waiting = follower(map.join("k"));
         assert_eq!(map.waiting(&"k"), 1);
         let handle = tokio::spawn(waiting.wait(far()));
-        lead.complete(7);
+        lead.publish(7);
+        lead.finish();
         assert_eq!(handle.await.unwrap(), Ok(7));
         assert_eq!(map.in_flight(), 0);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn completion_removes_the_slot_so_the_next_join_leads() {
+    async fn finishing_removes_the_slot_so_the_next_join_leads() {
         let map = FlightMap::new();
-        leader(map.join("k")).complete(1);
+        let lead = leader(map.join("k"));
+        lead.publish(1);
+        lead.finish();
         let _again = leader(map.join("k"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn published_but_unfinished_flight_keeps_its_slot_for_newcomers() {
+        let map = FlightMap::new();
+        let lead = leader(map.join("k"));
+        lead.publish(5);
+        // Until the leader finishes (its cache write, its body), a newcomer
+        // follows and gets the value: it never finds neither slot nor value.
+        let late = follower(map.join("k"));
+        assert_eq!(map.in_flight(), 1);
+        assert_eq!(late.wait(Instant::now()).await, Ok(5));
+        lead.finish();
+        assert_eq!(map.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leaders_own_caller_follows_its_flight() {
+        let map = FlightMap::new();
+        let lead = leader(map.join("k"));
+        let own = tokio::spawn(lead.follow().outcome());
+        let task = tokio::spawn(async move {
+            lead.publish(9);
+            lead.finish();
+        });
+        task.await.unwrap();
+        assert_eq!(own.await.unwrap(), Ok(9));
+        let abandoned = leader(map.join("k"));
+        let own = abandoned.follow();
+        drop(abandoned);
+        assert_eq!(own.outcome().await, Err(WaitError::Abandoned));
     }
 
     #[tokio::test(start_paused = true)]
@@ -313,7 +385,7 @@ mod tests {
         let map = FlightMap::new();
         let lead = leader(map.join("k"));
         let early = follower(map.join("k"));
-        lead.publish.send_replace(Some(3));
+        lead.publish(3);
         let late = follower(map.join("k"));
         assert_eq!(late.wait(Instant::now()).await, Ok(3));
         assert_eq!(early.wait(Instant::now()).await, Ok(3));
@@ -325,7 +397,8 @@ mod tests {
         let _a = leader(map.join("a"));
         let b = leader(map.join("b"));
         let waiting_b = follower(map.join("b"));
-        b.complete(2);
+        b.publish(2);
+        b.finish();
         assert_eq!(waiting_b.wait(Instant::now()).await, Ok(2));
         assert_eq!(map.in_flight(), 1);
     }

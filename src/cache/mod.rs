@@ -141,8 +141,9 @@ pub const NO_REQUEST_DIRECTIVES: RequestDirectives = RequestDirectives {
 };
 
 impl CachedResponse {
-    /// Builds an entry from a complete origin response, computing its
-    /// directives, lifetime (under `policy`), initial age, validator and how
+    /// Builds an entry from a complete origin response and the `directives`
+    /// its governing field holds (parsed once, by the caller's verdict),
+    /// computing its lifetime (under `policy`), initial age, validator and how
     /// long it must be kept. `headers` are the origin's end-to-end headers;
     /// `Corral-Cache-Control` is taken out of them here, and their values are
     /// copied out of any read buffer they point into. `body` must already own
@@ -151,12 +152,12 @@ impl CachedResponse {
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
+        directives: ResponseDirectives,
         body: Bytes,
         variant: Variant,
         timing: Timing,
         policy: &FreshnessPolicy,
     ) -> CachedResponse {
-        let directives = ResponseDirectives::from_headers(&headers);
         let lifetime =
             policy::freshness_lifetime(status, &headers, &directives, timing.received_at, policy);
         let initial_age = policy::corrected_initial_age(
@@ -192,35 +193,9 @@ impl CachedResponse {
         }
     }
 
-    /// This entry updated by a 304 (RFC 9111 §4.3.4) that answered a
-    /// revalidation for `request`: the same body, the stored headers merged
-    /// with the 304's ([`policy::freshen_headers`]), the variant taken
-    /// again from the merged `Vary` and the route's `forwarded` headers,
-    /// freshness computed afresh from the 304's
-    /// arrival. Check [`policy::not_modified_applies`] against
-    /// [`origin_headers`](Self::origin_headers) first.
-    pub fn freshened(
-        &self,
-        not_modified: &HeaderMap,
-        request: &HeaderMap,
-        forwarded: &[HeaderName],
-        timing: Timing,
-        policy: &FreshnessPolicy,
-    ) -> CachedResponse {
-        let merged = policy::freshen_headers(&self.origin_headers(), not_modified);
-        let variant = Variant::capture(crate::http::vary_names(&merged), forwarded, request);
-        CachedResponse::new(
-            self.status,
-            merged,
-            self.body.clone(),
-            variant,
-            timing,
-            policy,
-        )
-    }
-
     /// The headers as the origin sent them (with `Corral-Cache-Control`), for
-    /// comparing validators with a 304 and merging it in.
+    /// comparing validators with a 304 and merging it in: one copy, which the
+    /// caller then owns ([`policy::freshen_headers`] merges into it).
     pub fn origin_headers(&self) -> HeaderMap {
         let mut headers = self.headers.clone();
         for line in &self.corral_cache_control {
@@ -665,6 +640,19 @@ impl PassMarks {
 mod tests {
     use super::*;
 
+    /// An entry built as a fill builds one: its directives parsed once.
+    fn entry_from(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        variant: Variant,
+        timing: Timing,
+        policy: &FreshnessPolicy,
+    ) -> CachedResponse {
+        let directives = ResponseDirectives::from_headers(&headers);
+        CachedResponse::new(status, headers, directives, body, variant, timing, policy)
+    }
+
     fn key(path: &str) -> CacheKey {
         CacheKey::new("test.example", path)
     }
@@ -692,7 +680,7 @@ mod tests {
         fresh_for: Duration,
         variant: Variant,
     ) -> Arc<CachedResponse> {
-        Arc::new(CachedResponse::new(
+        Arc::new(entry_from(
             StatusCode::OK,
             HeaderMap::new(),
             Bytes::from_static(body),
@@ -738,7 +726,7 @@ mod tests {
             ("age", "20"),
             ("etag", "\"v1\""),
         ]);
-        let stored = CachedResponse::new(
+        let stored = entry_from(
             StatusCode::OK,
             origin,
             Bytes::new(),
@@ -771,7 +759,7 @@ mod tests {
             stale_while_revalidate: Some(Duration::from_secs(100)),
             ..FreshnessPolicy::with_ttl(Duration::from_secs(1))
         };
-        let strict = CachedResponse::new(
+        let strict = entry_from(
             StatusCode::OK,
             headers(&[("cache-control", "max-age=10, must-revalidate")]),
             Bytes::new(),
@@ -784,7 +772,7 @@ mod tests {
             Duration::from_secs(10) + EVICTION_GRACE
         );
         assert!(!strict.may_serve_disconnected());
-        let relaxed = CachedResponse::new(
+        let relaxed = entry_from(
             StatusCode::OK,
             HeaderMap::new(),
             Bytes::new(),
@@ -802,7 +790,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn longest_lifetimes_and_windows_neither_overflow_nor_expire_early() {
         let cache = HotCache::new(1 << 20, 8, || {});
-        let stored = Arc::new(CachedResponse::new(
+        let stored = Arc::new(entry_from(
             StatusCode::OK,
             headers(&[(
                 "cache-control",

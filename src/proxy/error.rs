@@ -6,8 +6,7 @@ use std::time::Duration;
 use http::{Response, StatusCode, header};
 
 use super::body::ProxyBody;
-use super::render::{CacheOutcome, cache_status_value};
-use crate::http::CACHE_STATUS;
+use super::render::{Answer, CacheOutcome, CacheStatus};
 use crate::origin::OriginError;
 
 /// Why corral answered a request itself instead of relaying an origin answer.
@@ -105,8 +104,9 @@ impl ProxyError {
     }
 
     /// Logs the failure once and renders it for the client. `outcome` says how
-    /// the request got here (a leader's miss, a follower's wait, a pass).
-    pub fn into_response(self, outcome: CacheOutcome, path: &str) -> Response<ProxyBody> {
+    /// the request got here (a leader's miss, a follower's wait, a pass); the
+    /// answer counts as `error`.
+    pub fn into_answer(self, outcome: CacheOutcome, path: &str) -> Answer {
         let status = self.status();
         match &self {
             ProxyError::BadRequest(_)
@@ -138,10 +138,6 @@ impl ProxyError {
             header::CACHE_CONTROL,
             header::HeaderValue::from_static("no-store"),
         );
-        headers.insert(
-            CACHE_STATUS.clone(),
-            cache_status_value(outcome, None, false, None, Some(self.detail())),
-        );
         if let Some(wait) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, retry_after_value(wait));
         }
@@ -158,7 +154,7 @@ impl ProxyError {
                 header::HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
             );
         }
-        response
+        Answer::new(response, CacheStatus::failure(outcome, self.detail()))
     }
 }
 
@@ -185,10 +181,10 @@ mod tests {
             retry_after: Duration::from_millis(2_100),
         });
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let response = refused.into_response(CacheOutcome::Miss, "/p");
+        let response = refused.into_answer(CacheOutcome::Miss, "/p").response;
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
         assert_eq!(
-            response.headers()[CACHE_STATUS.clone()],
+            response.headers()["cache-status"],
             "corral; fwd=miss; detail=circuit_open"
         );
 
@@ -196,7 +192,7 @@ mod tests {
             reason: Refusal::QueueFull,
             retry_after: Duration::ZERO,
         });
-        let response = shed.into_response(CacheOutcome::Miss, "/p");
+        let response = shed.into_answer(CacheOutcome::Miss, "/p").response;
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 
@@ -207,10 +203,10 @@ mod tests {
             after: Duration::from_secs(5),
         });
         assert_eq!(timed_out.status(), StatusCode::GATEWAY_TIMEOUT);
-        let response = timed_out.into_response(CacheOutcome::Miss, "/p");
+        let response = timed_out.into_answer(CacheOutcome::Miss, "/p").response;
         assert!(!response.headers().contains_key(header::RETRY_AFTER));
         assert_eq!(
-            response.headers()[CACHE_STATUS.clone()],
+            response.headers()["cache-status"],
             "corral; fwd=miss; detail=first_byte_timeout"
         );
     }

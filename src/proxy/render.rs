@@ -1,11 +1,175 @@
-//! The one place a response's `Cache-Status` (RFC 9211) is rendered and its
-//! outcome labelled for metrics and the access log.
+//! The one place a response and its `Cache-Status` (RFC 9211) are built: a
+//! typed [`CacheStatus`] renders the header, labels the metric and the access
+//! log, so the three always agree; stored entries are rendered for one client
+//! here ([`from_entry`]), and every answer leaves as an [`Answer`].
 
-use http::StatusCode;
-use http::header::HeaderValue;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use tokio::time::Instant;
 
-use crate::cache::policy::PassReason;
+use super::body::ProxyBody;
+use crate::cache::CachedResponse;
+use crate::cache::policy::{self, PassReason};
+use crate::http::CACHE_STATUS;
 use crate::metrics::CacheStatusLabel;
+
+/// How one request was answered: the value its `Cache-Status` header, its
+/// `cache_status` metric label and its access-log field all come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStatus {
+    /// How corral handled the request.
+    pub outcome: CacheOutcome,
+    /// What the origin answered, when corral asked it.
+    pub fwd_status: Option<StatusCode>,
+    /// Whether this request's fetch stored its answer.
+    pub stored: bool,
+    /// Remaining freshness of a hit, in seconds.
+    pub ttl: Option<u64>,
+    /// The one `detail` parameter: why an answer was not stored or shared,
+    /// or corral's own failure.
+    pub detail: Option<&'static str>,
+    /// Whether corral answered with an error of its own (`detail` says
+    /// which); the request then counts as `error` whatever its outcome.
+    pub failed: bool,
+}
+
+impl CacheStatus {
+    /// The status of a request answered by `outcome`, with nothing else to say.
+    pub fn of(outcome: CacheOutcome) -> CacheStatus {
+        CacheStatus {
+            outcome,
+            fwd_status: None,
+            stored: false,
+            ttl: None,
+            detail: None,
+            failed: false,
+        }
+    }
+
+    /// Corral's own error answer, reached by way of `outcome`, for `detail`.
+    pub fn failure(outcome: CacheOutcome, detail: &'static str) -> CacheStatus {
+        CacheStatus {
+            detail: Some(detail),
+            failed: true,
+            ..CacheStatus::of(outcome)
+        }
+    }
+
+    /// The bounded metric label: `error` for corral's own failures, else the outcome's.
+    pub fn label(&self) -> CacheStatusLabel {
+        if self.failed {
+            CacheStatusLabel::Error
+        } else {
+            self.outcome.status_label()
+        }
+    }
+
+    /// The `Cache-Status` field value (one member, with one `detail` at most).
+    pub fn header(&self) -> HeaderValue {
+        cache_status_value(
+            self.outcome,
+            self.fwd_status,
+            self.stored,
+            self.ttl,
+            self.detail,
+        )
+    }
+}
+
+/// A response on its way to the client, with the status that describes it;
+/// the `Cache-Status` header is set from that status when it is built.
+pub struct Answer {
+    /// The response.
+    pub response: Response<ProxyBody>,
+    /// How it was produced.
+    pub status: CacheStatus,
+}
+
+impl Answer {
+    /// `response`, labelled and headed by `status`.
+    pub fn new(mut response: Response<ProxyBody>, status: CacheStatus) -> Answer {
+        response
+            .headers_mut()
+            .insert(CACHE_STATUS.clone(), status.header());
+        Answer { response, status }
+    }
+}
+
+/// A fresh stored response, rendered for this request.
+pub fn hit(entry: &CachedResponse, parts: &Parts, now: Instant) -> Answer {
+    let status = CacheStatus {
+        ttl: Some(entry.ttl_secs(now)),
+        ..CacheStatus::of(CacheOutcome::Hit)
+    };
+    from_entry(entry, status, parts, now)
+}
+
+/// Renders a stored (or just fetched) response for one client: `Age` and
+/// `Cache-Status` added, the body left out for HEAD, and a 304 instead when
+/// the client's `If-None-Match` / `If-Modified-Since` matches (RFC 9111 §4.3.2).
+pub fn from_entry(
+    entry: &CachedResponse,
+    status: CacheStatus,
+    parts: &Parts,
+    now: Instant,
+) -> Answer {
+    let age = HeaderValue::from(entry.age_secs(now));
+    let request = &parts.headers;
+    let conditional = request.contains_key(header::IF_NONE_MATCH)
+        || request.contains_key(header::IF_MODIFIED_SINCE);
+    if conditional
+        && policy::client_not_modified(
+            request,
+            entry.status,
+            &entry.headers,
+            entry.timing.received_at,
+        )
+    {
+        let mut response = Response::new(ProxyBody::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        let mut headers = policy::not_modified_response_headers(&entry.headers);
+        headers.insert(header::AGE, age);
+        *response.headers_mut() = headers;
+        return Answer::new(response, status);
+    }
+    let body = if parts.method == Method::HEAD {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::full(entry.body.clone())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = entry.status;
+    let mut headers = entry.headers.clone();
+    headers.insert(header::AGE, age);
+    *response.headers_mut() = headers;
+    Answer::new(response, status)
+}
+
+/// One access-log event (target `corral::access`). `bytes` is the body length
+/// when known up front (cached answers, or a relayed `Content-Length`);
+/// `duration_ms` runs to the response head, not the end of a streamed body.
+pub fn log_access(method: &Method, uri: &http::Uri, answer: &Answer, elapsed: std::time::Duration) {
+    let response = &answer.response;
+    let bytes = http_body::Body::size_hint(response.body())
+        .exact()
+        .or_else(|| {
+            response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        });
+    tracing::info!(
+        target: "corral::access",
+        method = %method,
+        path = uri.path(),
+        status = response.status().as_u16(),
+        cache_status = answer.status.label().as_str(),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        bytes,
+    );
+}
 
 /// How corral handled a request, as reported in `Cache-Status` and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +254,8 @@ impl StaleReason {
 /// when it was stored; a follower says `collapsed`; a revalidation says
 /// `fwd=stale` with the origin's status (304 when it confirmed the stored
 /// response); a pass says `fwd=bypass` with the reason in `detail`; a stale
-/// answer is a `hit` whose `detail` says why it was served stale.
+/// answer is a `hit` whose `detail` says why it was served stale. `detail`,
+/// when given, is the only `detail` rendered (a failed pass names its failure).
 pub fn cache_status_value(
     outcome: CacheOutcome,
     fwd_status: Option<StatusCode>,
@@ -114,9 +279,13 @@ pub fn cache_status_value(
             value.push_str("; hit; detail=");
             value.push_str(reason.as_str());
         }
+        // A failed pass names its failure as the one detail.
         CacheOutcome::Pass(reason) => {
-            value.push_str("; fwd=bypass; detail=");
-            value.push_str(reason.as_str());
+            value.push_str("; fwd=bypass");
+            if detail.is_none() {
+                value.push_str("; detail=");
+                value.push_str(reason.as_str());
+            }
         }
         CacheOutcome::Error => {}
     }

@@ -336,7 +336,7 @@ impl NotStorable {
 /// Run it again on headers merged from a 304 ([`freshen_headers`]).
 pub fn not_storable_reason(
     method: &Method,
-    request_headers: &HeaderMap,
+    request: &RequestFacts,
     status: StatusCode,
     response_headers: &HeaderMap,
     response: &ResponseDirectives,
@@ -348,22 +348,20 @@ pub fn not_storable_reason(
     if !is_storable_status(status, policy) {
         return Some(NotStorable::Status);
     }
-    if response.no_store || RequestDirectives::from_headers(request_headers).no_store {
+    if request.no_store {
         return Some(NotStorable::NoStore);
     }
-    if response.private.is_some() {
-        return Some(NotStorable::Private);
+    let never = never_shared(response_headers, response);
+    if let Some(reason @ (NotStorable::NoStore | NotStorable::Private)) = never {
+        return Some(reason);
     }
-    if request_headers.contains_key(header::AUTHORIZATION)
+    if request.authorization
         && !(response.public || response.must_revalidate || response.s_maxage.is_some())
     {
         return Some(NotStorable::Authorization);
     }
-    if response_headers.contains_key(header::SET_COOKIE) {
-        return Some(NotStorable::SetCookie);
-    }
-    if crate::http::vary_names(response_headers).any(|name| name == "*") {
-        return Some(NotStorable::VaryStar);
+    if never.is_some() {
+        return never;
     }
     let route_ttl = match status {
         StatusCode::OK => !policy.route_ttl.is_zero(),
@@ -650,12 +648,12 @@ const NOT_FRESHENED: [HeaderName; 14] = [
 /// has none), so age is computed afresh from the 304's arrival. The body is
 /// untouched; call [`not_modified_applies`] first, and check storability of
 /// the result again.
-pub fn freshen_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+pub fn freshen_headers(stored: HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let nominated: Vec<HeaderName> = list_members_of(not_modified, &header::CONNECTION)
         .iter()
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    let mut merged = stored.clone();
+    let mut merged = stored;
     merged.remove(header::DATE);
     merged.remove(header::AGE);
     for name in not_modified.keys() {
@@ -746,11 +744,7 @@ pub fn shareability(
     directives: &ResponseDirectives,
     not_storable: Option<NotStorable>,
 ) -> Shareability {
-    let never_shared = directives.no_store
-        || directives.private.is_some()
-        || headers.contains_key(header::SET_COOKIE)
-        || vary_is_star(headers);
-    if never_shared {
+    if never_shared(headers, directives).is_some() {
         Shareability::Private
     } else if not_storable.is_none() {
         Shareability::Store
@@ -759,8 +753,76 @@ pub fn shareability(
     }
 }
 
-fn vary_is_star(headers: &HeaderMap) -> bool {
-    vary_names(headers).any(|name| name == "*")
+/// The one decision of whether a response may ever reach another client:
+/// the first of `no-store`, `private` (either form), `Set-Cookie` and
+/// `Vary: *` it carries. Both storability and shareability read it.
+fn never_shared(headers: &HeaderMap, directives: &ResponseDirectives) -> Option<NotStorable> {
+    if directives.no_store {
+        Some(NotStorable::NoStore)
+    } else if directives.private.is_some() {
+        Some(NotStorable::Private)
+    } else if headers.contains_key(header::SET_COOKIE) {
+        Some(NotStorable::SetCookie)
+    } else if vary_names(headers).any(|name| name == "*") {
+        Some(NotStorable::VaryStar)
+    } else {
+        None
+    }
+}
+
+/// What storing and sharing a response depend on in the request it answers,
+/// read once per fill.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestFacts {
+    /// The request said `Cache-Control: no-store`.
+    pub no_store: bool,
+    /// The request carried `Authorization`.
+    pub authorization: bool,
+}
+
+impl RequestFacts {
+    /// The facts of a request with `headers` whose cache directives are
+    /// `directives` (parsed once, by the caller).
+    pub fn new(headers: &HeaderMap, directives: &RequestDirectives) -> RequestFacts {
+        RequestFacts {
+            no_store: directives.no_store,
+            authorization: headers.contains_key(header::AUTHORIZATION),
+        }
+    }
+}
+
+/// Everything a shared cache decides about one response to a GET, decided
+/// once: the directives of its governing field, why it may not be stored (if
+/// so), and what may be done with it.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The response's directives (see [`ResponseDirectives::from_headers`]).
+    pub directives: ResponseDirectives,
+    /// Why it may not be stored; `None` when it may.
+    pub not_storable: Option<NotStorable>,
+    /// Whether it is stored, handed only to the clients waiting now, or
+    /// kept for the client that fetched it.
+    pub shareability: Shareability,
+}
+
+/// Judges a response with `status` and `headers` to a GET described by
+/// `request`, under the route's `policy`: its directives are parsed here,
+/// once, and every later decision reads this verdict.
+pub fn judge(
+    request: &RequestFacts,
+    status: StatusCode,
+    headers: &HeaderMap,
+    policy: &FreshnessPolicy,
+) -> Verdict {
+    let directives = ResponseDirectives::from_headers(headers);
+    let not_storable =
+        not_storable_reason(&Method::GET, request, status, headers, &directives, policy);
+    let shareability = shareability(headers, &directives, not_storable);
+    Verdict {
+        directives,
+        not_storable,
+        shareability,
+    }
 }
 
 #[cfg(test)]

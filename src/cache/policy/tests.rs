@@ -724,9 +724,10 @@ fn storable(
     policy: &FreshnessPolicy,
 ) -> Option<NotStorable> {
     let response = headers(response_pairs);
+    let request = headers(request_pairs);
     not_storable_reason(
         &method,
-        &headers(request_pairs),
+        &RequestFacts::new(&request, &RequestDirectives::from_headers(&request)),
         StatusCode::from_u16(status).unwrap(),
         &response,
         &ResponseDirectives::from_headers(&response),
@@ -1362,7 +1363,7 @@ fn freshening_replaces_headers_but_keeps_framing_and_validator() {
         ("cache-control", "max-age=600"),
         ("x-version", "new"),
     ]);
-    let merged = freshen_headers(&stored, &fresh);
+    let merged = freshen_headers(stored.clone(), &fresh);
     assert_eq!(merged[header::ETAG], "\"v1\"");
     assert_eq!(merged[header::CONTENT_LENGTH], "120");
     assert_eq!(merged[header::CONTENT_ENCODING], "gzip");
@@ -1377,10 +1378,10 @@ fn freshening_replaces_headers_but_keeps_framing_and_validator() {
 fn freshening_takes_date_and_age_from_the_304() {
     let (old, new) = (date(0), date(100));
     let stored = headers(&[("date", &old), ("age", "50")]);
-    let merged = freshen_headers(&stored, &headers(&[("date", &new)]));
+    let merged = freshen_headers(stored.clone(), &headers(&[("date", &new)]));
     assert_eq!(merged[header::DATE], new.as_str());
     assert!(!merged.contains_key(header::AGE));
-    let merged = freshen_headers(&stored, &HeaderMap::new());
+    let merged = freshen_headers(stored.clone(), &HeaderMap::new());
     assert!(!merged.contains_key(header::DATE));
 }
 
@@ -1395,7 +1396,7 @@ fn freshening_never_copies_set_cookie_or_hop_by_hop_fields() {
         ("transfer-encoding", "chunked"),
         ("x-end-to-end", "1"),
     ]);
-    let merged = freshen_headers(&stored, &fresh);
+    let merged = freshen_headers(stored.clone(), &fresh);
     let mut names: Vec<&str> = merged.keys().map(HeaderName::as_str).collect();
     names.sort_unstable();
     assert_eq!(names, ["content-type", "x-end-to-end"]);

@@ -1,0 +1,310 @@
+//! The cacheable branch: a GET or HEAD on a caching route is answered from
+//! the cache, served stale while one background request refreshes it, or
+//! joins the key's flight, as its leader or as a follower. Leader and
+//! followers read the flight's one outcome the same way ([`Proxy::answer_flight`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::context::RequestContext;
+use super::error::ProxyError;
+use super::fill::{Fill, FlightOutcome, Publish};
+use super::render::{self, Answer, CacheOutcome, CacheStatus, StaleReason};
+use super::{GaugeGuard, MAX_ELECTIONS, Proxy, ProxyBody};
+use crate::cache::CachedResponse;
+use crate::cache::policy::{PassReason, Reuse};
+use crate::coalesce::{Join, Leader, WaitError};
+use crate::config::Route;
+use crate::origin::{OriginError, Refusal};
+
+/// Who is reading a flight's outcome.
+enum Role {
+    /// The request whose fetch it is; an answer only it may see arrives here.
+    Leader(oneshot::Receiver<Answer>),
+    /// A request that waited on another's fetch.
+    Follower,
+}
+
+/// What a follower does after reading the flight's outcome.
+enum Next {
+    /// Answer the client.
+    Answer(Answer),
+    /// The leader vanished without an answer: elect again.
+    Reelect,
+    /// The leader fetched another variant: elect again for this one, once
+    /// its slot is gone.
+    OtherVariant,
+}
+
+impl Proxy {
+    /// GET or HEAD on a caching route: hit, serve stale while revalidating,
+    /// follow, or lead a fetch.
+    pub(super) async fn serve_cacheable(&self, cx: &RequestContext<'_>, route: &Route) -> Answer {
+        let state = &self.state;
+        let (parts, key) = (cx.parts, &cx.key);
+        let wishes = cx.wishes();
+        let now = Instant::now();
+        // The variant this request selects, fresh or not: looked up once
+        // here, and once more by a leader (a flight may have landed between).
+        let mut stored = state.cache.select(key, &parts.headers);
+        if let Some(entry) = &stored {
+            match entry.reuse(now, wishes, &route.freshness) {
+                Reuse::Fresh => return render::hit(entry, parts, now),
+                Reuse::Stale {
+                    may_serve_while_revalidate: true,
+                    ..
+                } => {
+                    self.refresh_in_background(cx, entry, route);
+                    let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::WhileRevalidate));
+                    return render::from_entry(entry, status, parts, now);
+                }
+                Reuse::Stale { .. } => {}
+            }
+        }
+        if wishes.only_if_cached {
+            return ProxyError::NotCached.into_answer(CacheOutcome::Error, cx.path());
+        }
+        if state.pass_marks.is_marked(key, now) {
+            let body = reqwest::Body::from(Bytes::new());
+            return self.pass(cx, body, false, PassReason::HitForPass).await;
+        }
+        let deadline = now + route.lock_timeout;
+        let mut abandoned = 0;
+        while abandoned < MAX_ELECTIONS {
+            match state.flights.join(key.clone()) {
+                Join::Leader(leader) => {
+                    let now = Instant::now();
+                    stored = state.cache.select(key, &parts.headers);
+                    if let Some(entry) = &stored
+                        && entry.reuse(now, wishes, &route.freshness) == Reuse::Fresh
+                    {
+                        leader.publish(FlightOutcome::Shared {
+                            response: Arc::clone(entry),
+                            stored: true,
+                            fwd_status: entry.status,
+                            revalidated: false,
+                        });
+                        leader.finish();
+                        return render::hit(entry, parts, now);
+                    }
+                    return self.lead(leader, cx, route, stored).await;
+                }
+                Join::Follower(follower) => {
+                    state.metrics.flight_followers.inc();
+                    let waited = {
+                        let _waiting = GaugeGuard::new(&state.metrics.followers_waiting);
+                        follower.wait(deadline).await
+                    };
+                    let next = self
+                        .answer_flight(cx, route, stored.as_ref(), waited, Role::Follower)
+                        .await;
+                    match next {
+                        Next::Answer(answer) => return answer,
+                        Next::Reelect => abandoned += 1,
+                        Next::OtherVariant => tokio::task::yield_now().await,
+                    }
+                }
+            }
+        }
+        ProxyError::FetchLost.into_answer(CacheOutcome::Coalesced, cx.path())
+    }
+
+    /// Spawns the fetch as its own task (so this client leaving cannot cancel
+    /// it) and reads the flight's outcome as every follower does. `stored` is
+    /// the variant this request found unusable as it was: the fetch
+    /// revalidates it.
+    ///
+    /// Boxed: only a leader takes this branch, so its state is kept out of
+    /// the future of every hit and every parked follower.
+    fn lead<'a>(
+        &'a self,
+        leader: Leader<crate::cache::CacheKey, FlightOutcome>,
+        cx: &'a RequestContext<'a>,
+        route: &'a Route,
+        stored: Option<Arc<CachedResponse>>,
+    ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
+        Box::pin(async move {
+            let (private, handed) = oneshot::channel();
+            let own = leader.follow();
+            let fill = Fill::new(&self.state, cx, route, stored.clone());
+            tokio::spawn(fill.run(Publish {
+                leader,
+                private: Some(private),
+            }));
+            let waited = own.outcome().await;
+            let next = self
+                .answer_flight(cx, route, stored.as_ref(), waited, Role::Leader(handed))
+                .await;
+            match next {
+                Next::Answer(answer) => answer,
+                // The fill task died (it panicked) without an answer.
+                Next::Reelect | Next::OtherVariant => {
+                    ProxyError::FetchLost.into_answer(CacheOutcome::Miss, cx.path())
+                }
+            }
+        })
+    }
+
+    /// Turns a flight's outcome into this request's answer, the same way for
+    /// the leader's client and for followers. `stored` is the variant this
+    /// request found, served instead when the origin failed and it may be.
+    async fn answer_flight(
+        &self,
+        cx: &RequestContext<'_>,
+        route: &Route,
+        stored: Option<&Arc<CachedResponse>>,
+        waited: Result<FlightOutcome, WaitError>,
+        role: Role,
+    ) -> Next {
+        let parts = cx.parts;
+        let collapsed = matches!(role, Role::Follower);
+        let outcome = if collapsed {
+            CacheOutcome::Coalesced
+        } else {
+            CacheOutcome::Miss
+        };
+        match (waited, role) {
+            (
+                Ok(FlightOutcome::Shared {
+                    response,
+                    stored: was_stored,
+                    fwd_status,
+                    revalidated,
+                }),
+                role,
+            ) if matches!(role, Role::Leader(_)) || response.variant.matches(&parts.headers) => {
+                if response.status.is_server_error()
+                    && let Some(stale) = self.stale_if_error(cx, route, stored)
+                {
+                    return Next::Answer(stale);
+                }
+                let status = CacheStatus {
+                    fwd_status: Some(fwd_status),
+                    stored: was_stored && !collapsed,
+                    ..CacheStatus::of(if revalidated {
+                        CacheOutcome::Revalidated { collapsed }
+                    } else {
+                        outcome
+                    })
+                };
+                Next::Answer(render::from_entry(&response, status, parts, Instant::now()))
+            }
+            (Ok(FlightOutcome::Shared { .. }), _) => Next::OtherVariant,
+            (Ok(FlightOutcome::Unshareable), Role::Leader(handed)) => match handed.await {
+                Ok(mut answer) => {
+                    if parts.method == Method::HEAD {
+                        *answer.response.body_mut() = ProxyBody::empty();
+                    }
+                    Next::Answer(answer)
+                }
+                Err(_fill_task_died) => Next::Reelect,
+            },
+            (Ok(FlightOutcome::Unshareable), Role::Follower) => {
+                let body = reqwest::Body::from(Bytes::new());
+                Next::Answer(self.pass(cx, body, false, PassReason::Unshareable).await)
+            }
+            (Ok(FlightOutcome::Failed(error)), _) => {
+                Next::Answer(self.failed(cx, route, stored, error, outcome))
+            }
+            (Err(WaitError::TimedOut), _) => {
+                // Invariant 6: stale content if the origin allows it, else 504.
+                Next::Answer(self.stale_if_error(cx, route, stored).unwrap_or_else(|| {
+                    ProxyError::LockTimeout.into_answer(CacheOutcome::Coalesced, cx.path())
+                }))
+            }
+            (Err(WaitError::Abandoned), _) => Next::Reelect,
+        }
+    }
+
+    /// Starts one background refresh of the stale `entry`, unless a fetch for
+    /// the key is already under way (it will refresh it) or the entry was
+    /// replaced since it was looked up. Nobody waits for it.
+    fn refresh_in_background(
+        &self,
+        cx: &RequestContext<'_>,
+        entry: &Arc<CachedResponse>,
+        route: &Route,
+    ) {
+        let Join::Leader(leader) = self.state.flights.join(cx.key.clone()) else {
+            return;
+        };
+        let current = self.state.cache.select(&cx.key, &cx.parts.headers);
+        if !current.is_some_and(|current| Arc::ptr_eq(&current, entry)) {
+            // Refreshed (or removed) between the lookup and the join.
+            return;
+        }
+        let fill = Fill::new(&self.state, cx, route, Some(Arc::clone(entry)));
+        tokio::spawn(fill.run(Publish {
+            leader,
+            private: None,
+        }));
+    }
+
+    /// `stored`, rendered, if the client and the origin allow it to be served
+    /// because the origin failed or answered 5xx (stale-if-error).
+    fn stale_if_error(
+        &self,
+        cx: &RequestContext<'_>,
+        route: &Route,
+        stored: Option<&Arc<CachedResponse>>,
+    ) -> Option<Answer> {
+        let now = Instant::now();
+        let entry = stored?;
+        let allowed = matches!(
+            entry.reuse(now, cx.wishes(), &route.freshness),
+            Reuse::Fresh
+                | Reuse::Stale {
+                    may_serve_if_error: true,
+                    ..
+                }
+        );
+        allowed.then(|| {
+            let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::IfError));
+            render::from_entry(entry, status, cx.parts, now)
+        })
+    }
+
+    /// Answers a request whose fetch failed: with `stored` when the origin was
+    /// not contacted to protect it (breaker open, `Retry-After`, overload) and
+    /// the origin did not forbid stale use, however stale; when it failed
+    /// (error, timeout) within the variant's stale-if-error window; else with
+    /// the error.
+    fn failed(
+        &self,
+        cx: &RequestContext<'_>,
+        route: &Route,
+        stored: Option<&Arc<CachedResponse>>,
+        error: Arc<OriginError>,
+        outcome: CacheOutcome,
+    ) -> Answer {
+        let stale = match stale_reason(&error) {
+            Some(reason) => stored
+                .filter(|entry| entry.may_serve_disconnected())
+                .map(|entry| {
+                    let status = CacheStatus::of(CacheOutcome::Stale(reason));
+                    render::from_entry(entry, status, cx.parts, Instant::now())
+                }),
+            None => self.stale_if_error(cx, route, stored),
+        };
+        stale.unwrap_or_else(|| ProxyError::Origin(error).into_answer(outcome, cx.path()))
+    }
+}
+
+/// Whether a failed fetch may be answered with a stale entry, and why: only
+/// when the origin was not contacted to protect it.
+fn stale_reason(error: &OriginError) -> Option<StaleReason> {
+    match error {
+        OriginError::Refused { reason, .. } => Some(match reason {
+            Refusal::CircuitOpen => StaleReason::CircuitOpen,
+            Refusal::RetryAfter => StaleReason::RetryAfter,
+            Refusal::QueueFull | Refusal::QueueTimeout => StaleReason::Overloaded,
+        }),
+        _ => None,
+    }
+}
