@@ -68,8 +68,21 @@ impl Corral {
     /// # Errors
     /// [`StartError`] when the origin client cannot be built.
     pub fn new(config: &Config) -> Result<Corral, StartError> {
+        Corral::with_shared_tier(config, None)
+    }
+
+    /// Like [`Corral::new`], with `shared` as the cache tier beyond this
+    /// process (a fleet's), which local leaders look up before the origin
+    /// and every stored fill writes.
+    ///
+    /// # Errors
+    /// [`StartError::BuildOriginClient`] when the origin client cannot be built.
+    pub fn with_shared_tier(
+        config: &Config,
+        shared: Option<Arc<dyn crate::cache::Tier>>,
+    ) -> Result<Corral, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let proxy = Proxy::new(config, metrics)?;
+        let proxy = Proxy::with_shared_tier(config, metrics, shared)?;
         Ok(Corral {
             reloader: Reloader::new(proxy.clone(), config.clone(), None),
             proxy,

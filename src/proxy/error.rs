@@ -174,40 +174,49 @@ mod tests {
         ProxyError::Origin(Arc::new(error))
     }
 
+    /// The `Retry-After` a leader's client gets for `error`, with its status
+    /// and `Cache-Status` checked.
+    #[track_caller]
+    fn retry_after(error: OriginError, status: StatusCode, cache_status: &str) -> Option<String> {
+        let error = origin(error);
+        assert_eq!(error.status(), status);
+        let response = error.into_answer(CacheOutcome::Miss, "/p").response;
+        let headers = response.headers();
+        assert_eq!(headers["cache-status"], cache_status);
+        headers
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
     #[test]
     fn refusals_are_503_with_retry_after_in_whole_seconds() {
-        let refused = origin(OriginError::Refused {
+        let refused = OriginError::Refused {
             reason: Refusal::CircuitOpen,
             retry_after: Duration::from_millis(2_100),
-        });
-        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let response = refused.into_answer(CacheOutcome::Miss, "/p").response;
-        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
-        assert_eq!(
-            response.headers()["cache-status"],
-            "corral; fwd=miss; detail=circuit_open"
+        };
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        let wait = retry_after(
+            refused,
+            unavailable,
+            "corral; fwd=miss; detail=circuit_open",
         );
-
-        let shed = origin(OriginError::Refused {
+        assert_eq!(wait.as_deref(), Some("3"));
+        let shed = OriginError::Refused {
             reason: Refusal::QueueFull,
             retry_after: Duration::ZERO,
-        });
-        let response = shed.into_answer(CacheOutcome::Miss, "/p").response;
-        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        };
+        let wait = retry_after(shed, unavailable, "corral; fwd=miss; detail=queue_full");
+        assert_eq!(wait.as_deref(), Some("1"));
     }
 
     #[test]
     fn timeouts_are_504_and_carry_no_retry_after() {
-        let timed_out = origin(OriginError::TimedOut {
+        let timed_out = OriginError::TimedOut {
             limit: TimeLimit::FirstByte,
             after: Duration::from_secs(5),
-        });
-        assert_eq!(timed_out.status(), StatusCode::GATEWAY_TIMEOUT);
-        let response = timed_out.into_answer(CacheOutcome::Miss, "/p").response;
-        assert!(!response.headers().contains_key(header::RETRY_AFTER));
-        assert_eq!(
-            response.headers()["cache-status"],
-            "corral; fwd=miss; detail=first_byte_timeout"
-        );
+        };
+        let cache_status = "corral; fwd=miss; detail=first_byte_timeout";
+        let wait = retry_after(timed_out, StatusCode::GATEWAY_TIMEOUT, cache_status);
+        assert_eq!(wait, None);
     }
 }

@@ -165,7 +165,7 @@ impl Fill {
             }
             if let Some(entry) = self.freshen(stored, response.headers(), timing) {
                 let entry = Arc::new(entry);
-                self.store(publish.key(), &entry);
+                self.store(publish.key(), &entry).await;
                 return publish.shared(entry, true, StatusCode::NOT_MODIFIED, true);
             }
             // Not this response's 304, or the 304 made it unstorable (then it
@@ -309,7 +309,7 @@ impl Fill {
         ));
         let stored = verdict.shareability == Shareability::Store;
         if stored {
-            self.store(publish.key(), &entry);
+            self.store(publish.key(), &entry).await;
         } else {
             self.forget_stale(status);
         }
@@ -336,14 +336,17 @@ impl Fill {
         publish.unshareable(relay(response, prefix, cache_status));
     }
 
-    /// Stores `entry` under `key`. Called before the flight finishes: a
-    /// request arriving in between finds either the slot or the entry,
-    /// never neither.
-    fn store(&self, key: &CacheKey, entry: &Arc<CachedResponse>) {
+    /// Stores `entry` under `key`, here and in the tier beyond this process.
+    /// Called before the flight finishes: a request arriving in between
+    /// finds either the slot or the entry, never neither.
+    async fn store(&self, key: &CacheKey, entry: &Arc<CachedResponse>) {
         self.state
             .cache
             .insert(key.clone(), Arc::clone(entry), &self.request_headers);
         self.state.pass_marks.clear(key);
+        if let Some(shared) = &self.state.shared {
+            shared.store(key, entry, &self.request_headers).await;
+        }
     }
 
     /// The origin answered the stale variant's request with something that is

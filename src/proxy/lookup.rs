@@ -93,6 +93,16 @@ impl Proxy {
                         leader.finish();
                         return render::hit(entry, parts, now);
                     }
+                    if let Some(entry) = self.shared_lookup(cx, route).await {
+                        leader.publish(FlightOutcome::Shared {
+                            response: Arc::clone(&entry),
+                            stored: true,
+                            fwd_status: entry.status,
+                            revalidated: false,
+                        });
+                        leader.finish();
+                        return render::hit(&entry, parts, Instant::now());
+                    }
                     return self.lead(leader, cx, route, stored).await;
                 }
                 Join::Follower(follower) => {
@@ -113,6 +123,26 @@ impl Proxy {
             }
         }
         ProxyError::FetchLost.into_answer(CacheOutcome::Coalesced, cx.path())
+    }
+
+    /// A fresh entry for this request from the tier beyond this process, if
+    /// there is one and it has one; copied into the in-process tier first,
+    /// so the flight's followers and later requests find it here. Asked
+    /// only by a local leader: one question per key per instance at a time.
+    async fn shared_lookup(
+        &self,
+        cx: &RequestContext<'_>,
+        route: &Route,
+    ) -> Option<Arc<CachedResponse>> {
+        let shared = self.state.shared.as_ref()?;
+        let entry = shared.lookup(&cx.key, &cx.parts.headers).await?;
+        let fresh = entry.reuse(Instant::now(), cx.wishes(), &route.freshness) == Reuse::Fresh;
+        fresh.then(|| {
+            self.state
+                .cache
+                .insert(cx.key.clone(), Arc::clone(&entry), &cx.parts.headers);
+            entry
+        })
     }
 
     /// Spawns the fetch as its own task (so this client leaving cannot cancel

@@ -42,7 +42,7 @@ pub use render::{CacheOutcome, CacheStatus, StaleReason, cache_status_value};
 
 use crate::cache::key::canonical_authority;
 use crate::cache::policy::{PassReason, request_pass_reason};
-use crate::cache::{CacheKey, HotCache, PassMarks};
+use crate::cache::{CacheKey, HotCache, PassMarks, Tier};
 use crate::coalesce::FlightMap;
 use crate::config::{Config, Route, RouteTable};
 use crate::metrics::{Metrics, RouteMetrics};
@@ -97,6 +97,10 @@ struct ProxyState {
     cache: HotCache,
     pass_marks: PassMarks,
     flights: FlightMap<CacheKey, FlightOutcome>,
+    /// A tier beyond this process (a fleet's shared cache), if any: looked up
+    /// by a local leader before it goes to the origin, and written by every
+    /// fill that stores.
+    shared: Option<Arc<dyn Tier>>,
     /// The origin's authority as the origin client sends it, canonical: what
     /// the cache keys on for routes that do not preserve the client's host.
     origin_authority: String,
@@ -119,6 +123,20 @@ impl Proxy {
     /// # Errors
     /// The origin client could not be built.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, reqwest::Error> {
+        Proxy::with_shared_tier(config, metrics, None)
+    }
+
+    /// Builds the proxy for `config` with `shared` as the tier beyond this
+    /// process (none: in-process caching only), registering its metrics in
+    /// `metrics`.
+    ///
+    /// # Errors
+    /// The origin client could not be built.
+    pub fn with_shared_tier(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        shared: Option<Arc<dyn Tier>>,
+    ) -> Result<Proxy, reqwest::Error> {
         let origin = OriginClient::new(&config.origin, &metrics)?;
         let evictions = metrics.cache_evictions.clone();
         let cache = HotCache::new(
@@ -141,6 +159,7 @@ impl Proxy {
                 cache,
                 pass_marks: PassMarks::new(PASS_MARK_CAPACITY),
                 flights: FlightMap::new(),
+                shared,
                 origin_authority,
                 origin,
                 max_object_size,

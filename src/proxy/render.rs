@@ -311,54 +311,42 @@ pub fn cache_status_value(
 mod tests {
     use super::*;
 
+    /// The header of an answer fetched from the origin, which answered `fwd`.
+    fn fetched(outcome: CacheOutcome, fwd: Option<StatusCode>, stored: bool) -> HeaderValue {
+        CacheStatus {
+            fwd_status: fwd,
+            stored,
+            ..CacheStatus::of(outcome)
+        }
+        .header()
+    }
+
     #[test]
     fn cache_status_distinguishes_leader_follower_and_hit() {
-        let miss = cache_status_value(CacheOutcome::Miss, Some(StatusCode::OK), true, None, None);
+        let miss = fetched(CacheOutcome::Miss, Some(StatusCode::OK), true);
         assert_eq!(miss, "corral; fwd=miss; fwd-status=200; stored");
-        let follower = cache_status_value(
-            CacheOutcome::Coalesced,
-            Some(StatusCode::OK),
-            false,
-            None,
-            None,
-        );
+        let follower = fetched(CacheOutcome::Coalesced, Some(StatusCode::OK), false);
         assert_eq!(follower, "corral; fwd=miss; collapsed; fwd-status=200");
         let hit = cache_status_value(CacheOutcome::Hit, None, false, Some(42), None);
         assert_eq!(hit, "corral; hit; ttl=42");
-        let pass = cache_status_value(
-            CacheOutcome::Pass(PassReason::Method),
-            None,
-            false,
-            None,
-            None,
-        );
+        let pass = CacheStatus::of(CacheOutcome::Pass(PassReason::Method)).header();
         assert_eq!(pass, "corral; fwd=bypass; detail=method");
-        let stale = cache_status_value(
-            CacheOutcome::Stale(StaleReason::CircuitOpen),
-            None,
-            false,
-            None,
-            None,
-        );
+        let stale = CacheStatus::of(CacheOutcome::Stale(StaleReason::CircuitOpen)).header();
         assert_eq!(stale, "corral; hit; detail=stale-circuit-open");
     }
 
     #[test]
     fn cache_status_names_revalidations_and_stale_reasons() {
-        let revalidated = cache_status_value(
+        let revalidated = fetched(
             CacheOutcome::Revalidated { collapsed: false },
             Some(StatusCode::NOT_MODIFIED),
             true,
-            None,
-            None,
         );
         assert_eq!(revalidated, "corral; fwd=stale; fwd-status=304; stored");
-        let follower = cache_status_value(
+        let follower = fetched(
             CacheOutcome::Revalidated { collapsed: true },
             Some(StatusCode::OK),
             false,
-            None,
-            None,
         );
         assert_eq!(follower, "corral; fwd=stale; collapsed; fwd-status=200");
         for (reason, text) in [
@@ -368,7 +356,7 @@ mod tests {
             ),
             (StaleReason::IfError, "corral; hit; detail=stale-if-error"),
         ] {
-            let value = cache_status_value(CacheOutcome::Stale(reason), None, false, None, None);
+            let value = CacheStatus::of(CacheOutcome::Stale(reason)).header();
             assert_eq!(value, text);
             assert_eq!(CacheOutcome::Stale(reason).label(), "stale");
         }

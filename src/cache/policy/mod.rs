@@ -117,7 +117,8 @@ pub struct Lifetime {
 }
 
 impl Lifetime {
-    fn new(duration: Duration, source: LifetimeSource) -> Lifetime {
+    /// A lifetime of `duration` (saturating at [`DELTA_SECONDS_MAX`]) from `source`.
+    pub fn new(duration: Duration, source: LifetimeSource) -> Lifetime {
         Lifetime {
             duration: duration.min(DELTA_SECONDS_MAX),
             source,

@@ -52,6 +52,19 @@ fn policy() -> FreshnessPolicy {
     FreshnessPolicy::with_ttl(secs(30))
 }
 
+/// Asserts `policy` gives a response with `status` and `pairs` a
+/// lifetime of `secs` from `source`.
+#[track_caller]
+fn expect_lifetime(
+    policy: &FreshnessPolicy,
+    status: u16,
+    pairs: &[(&str, &str)],
+    secs: u64,
+    source: LifetimeSource,
+) {
+    assert_eq!(lifetime(status, pairs, policy), life(secs, source));
+}
+
 fn life(duration: u64, source: LifetimeSource) -> Lifetime {
     Lifetime {
         duration: secs(duration),
@@ -403,47 +416,50 @@ fn s_maxage_beats_max_age_beats_expires() {
         ("cache-control", "max-age=60, s-maxage=90".to_owned()),
     ];
     let pairs: Vec<(&str, &str)> = all.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    assert_eq!(
-        lifetime(200, &pairs, &policy()),
-        life(90, LifetimeSource::SMaxAge)
-    );
+    expect_lifetime(&policy(), 200, &pairs, 90, LifetimeSource::SMaxAge);
     let mut pairs = pairs;
     pairs[2].1 = "max-age=60";
-    assert_eq!(
-        lifetime(200, &pairs, &policy()),
-        life(60, LifetimeSource::MaxAge)
-    );
+    expect_lifetime(&policy(), 200, &pairs, 60, LifetimeSource::MaxAge);
     pairs.pop();
-    assert_eq!(
-        lifetime(200, &pairs, &policy()),
-        life(500, LifetimeSource::Expires)
-    );
+    expect_lifetime(&policy(), 200, &pairs, 500, LifetimeSource::Expires);
 }
 
 #[test]
 fn expires_lifetime_is_expires_minus_date() {
     let (d, e) = (date(100), date(400));
-    assert_eq!(
-        lifetime(200, &[("date", &d), ("expires", &e)], &policy()),
-        life(300, LifetimeSource::Expires)
+    expect_lifetime(
+        &policy(),
+        200,
+        &[("date", &d), ("expires", &e)],
+        300,
+        LifetimeSource::Expires,
     );
     // Before Date: already expired, never negative.
-    assert_eq!(
-        lifetime(200, &[("date", &e), ("expires", &d)], &policy()),
-        life(0, LifetimeSource::Expires)
+    expect_lifetime(
+        &policy(),
+        200,
+        &[("date", &e), ("expires", &d)],
+        0,
+        LifetimeSource::Expires,
     );
 }
 
 #[test]
 fn expires_without_a_valid_date_counts_from_receipt() {
     let e = date(120);
-    assert_eq!(
-        lifetime(200, &[("expires", &e)], &policy()),
-        life(120, LifetimeSource::Expires)
+    expect_lifetime(
+        &policy(),
+        200,
+        &[("expires", &e)],
+        120,
+        LifetimeSource::Expires,
     );
-    assert_eq!(
-        lifetime(200, &[("date", "yesterday"), ("expires", &e)], &policy()),
-        life(120, LifetimeSource::Expires)
+    expect_lifetime(
+        &policy(),
+        200,
+        &[("date", "yesterday"), ("expires", &e)],
+        120,
+        LifetimeSource::Expires,
     );
 }
 
@@ -461,13 +477,19 @@ fn invalid_expires_means_already_expired() {
 #[test]
 fn conflicting_expires_lines_mean_already_expired() {
     let (a, b) = (date(60), date(120));
-    assert_eq!(
-        lifetime(200, &[("expires", &a), ("expires", &b)], &policy()),
-        life(0, LifetimeSource::Expires)
+    expect_lifetime(
+        &policy(),
+        200,
+        &[("expires", &a), ("expires", &b)],
+        0,
+        LifetimeSource::Expires,
     );
-    assert_eq!(
-        lifetime(200, &[("expires", &a), ("expires", &a)], &policy()),
-        life(60, LifetimeSource::Expires)
+    expect_lifetime(
+        &policy(),
+        200,
+        &[("expires", &a), ("expires", &a)],
+        60,
+        LifetimeSource::Expires,
     );
 }
 
@@ -486,17 +508,20 @@ fn targeted_field_ignores_expires() {
 
 #[test]
 fn route_ttl_is_the_default_for_200_without_explicit_freshness() {
-    assert_eq!(
-        lifetime(200, &[], &policy()),
-        life(30, LifetimeSource::Route)
+    expect_lifetime(&policy(), 200, &[], 30, LifetimeSource::Route);
+    expect_lifetime(
+        &policy(),
+        200,
+        &[("cache-control", "public")],
+        30,
+        LifetimeSource::Route,
     );
-    assert_eq!(
-        lifetime(200, &[("cache-control", "public")], &policy()),
-        life(30, LifetimeSource::Route)
-    );
-    assert_eq!(
-        lifetime(200, &[("cache-control", "max-age=5")], &policy()),
-        life(5, LifetimeSource::MaxAge)
+    expect_lifetime(
+        &policy(),
+        200,
+        &[("cache-control", "max-age=5")],
+        5,
+        LifetimeSource::MaxAge,
     );
 }
 
@@ -518,86 +543,54 @@ fn negative_ttl_applies_to_404_and_410_only_when_set() {
         negative_ttl: Some(secs(7)),
         ..policy()
     };
-    assert_eq!(
-        lifetime(404, &[], &negative),
-        life(7, LifetimeSource::NegativeTtl)
-    );
-    assert_eq!(
-        lifetime(410, &[], &negative),
-        life(7, LifetimeSource::NegativeTtl)
-    );
+    expect_lifetime(&negative, 404, &[], 7, LifetimeSource::NegativeTtl);
+    expect_lifetime(&negative, 410, &[], 7, LifetimeSource::NegativeTtl);
     assert_eq!(lifetime(500, &[], &negative), life(0, LifetimeSource::None));
     // The origin's own freshness still wins unless the route overrides it.
     let cc = [("cache-control", "max-age=60")];
-    assert_eq!(
-        lifetime(404, &cc, &negative),
-        life(60, LifetimeSource::MaxAge)
-    );
+    expect_lifetime(&negative, 404, &cc, 60, LifetimeSource::MaxAge);
     let overriding = FreshnessPolicy {
         override_origin: true,
         ..negative
     };
-    assert_eq!(
-        lifetime(404, &cc, &overriding),
-        life(7, LifetimeSource::NegativeTtl)
-    );
+    expect_lifetime(&overriding, 404, &cc, 7, LifetimeSource::NegativeTtl);
+}
+
+/// The default policy with the heuristic on, capped at an hour.
+fn heuristic_policy() -> FreshnessPolicy {
+    FreshnessPolicy {
+        heuristic: true,
+        heuristic_max: secs(3600),
+        ..policy()
+    }
 }
 
 #[test]
 fn heuristic_is_a_tenth_of_date_minus_last_modified_capped() {
-    let heuristic = FreshnessPolicy {
-        heuristic: true,
-        heuristic_max: secs(3600),
-        ..policy()
-    };
+    let heuristic = heuristic_policy();
     let (lm, d) = (date(0), date(1000));
     let pairs = [("last-modified", lm.as_str()), ("date", d.as_str())];
-    assert_eq!(
-        lifetime(200, &pairs, &heuristic),
-        life(100, LifetimeSource::Heuristic)
-    );
+    expect_lifetime(&heuristic, 200, &pairs, 100, LifetimeSource::Heuristic);
     let capped = FreshnessPolicy {
         heuristic_max: secs(40),
         ..heuristic.clone()
     };
-    assert_eq!(
-        lifetime(200, &pairs, &capped),
-        life(40, LifetimeSource::Heuristic)
-    );
+    expect_lifetime(&capped, 200, &pairs, 40, LifetimeSource::Heuristic);
     // Explicit freshness disables the heuristic.
     let explicit = [pairs[0], pairs[1], ("cache-control", "max-age=3")];
-    assert_eq!(
-        lifetime(200, &explicit, &heuristic),
-        life(3, LifetimeSource::MaxAge)
-    );
+    expect_lifetime(&heuristic, 200, &explicit, 3, LifetimeSource::MaxAge);
 }
 
 #[test]
 fn heuristic_only_when_enabled_and_status_cacheable_or_public() {
-    let heuristic = FreshnessPolicy {
-        heuristic: true,
-        heuristic_max: secs(3600),
-        ..policy()
-    };
+    let heuristic = heuristic_policy();
     let (lm, d) = (date(0), date(1000));
     let pairs = [("last-modified", lm.as_str()), ("date", d.as_str())];
-    assert_eq!(
-        lifetime(200, &pairs, &policy()),
-        life(30, LifetimeSource::Route)
-    );
-    assert_eq!(
-        lifetime(301, &pairs, &heuristic),
-        life(100, LifetimeSource::Heuristic)
-    );
-    assert_eq!(
-        lifetime(302, &pairs, &heuristic),
-        life(0, LifetimeSource::None)
-    );
+    expect_lifetime(&policy(), 200, &pairs, 30, LifetimeSource::Route);
+    expect_lifetime(&heuristic, 301, &pairs, 100, LifetimeSource::Heuristic);
+    expect_lifetime(&heuristic, 302, &pairs, 0, LifetimeSource::None);
     let public = [pairs[0], pairs[1], ("cache-control", "public")];
-    assert_eq!(
-        lifetime(302, &public, &heuristic),
-        life(100, LifetimeSource::Heuristic)
-    );
+    expect_lifetime(&heuristic, 302, &public, 100, LifetimeSource::Heuristic);
     for status in [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501] {
         assert!(is_heuristically_cacheable(
             StatusCode::from_u16(status).unwrap()
@@ -612,17 +605,10 @@ fn heuristic_only_when_enabled_and_status_cacheable_or_public() {
 
 #[test]
 fn heuristic_is_skipped_when_last_modified_is_after_date() {
-    let heuristic = FreshnessPolicy {
-        heuristic: true,
-        heuristic_max: secs(3600),
-        ..policy()
-    };
+    let heuristic = heuristic_policy();
     let (lm, d) = (date(1000), date(0));
     let pairs = [("last-modified", lm.as_str()), ("date", d.as_str())];
-    assert_eq!(
-        lifetime(200, &pairs, &heuristic),
-        life(30, LifetimeSource::Route)
-    );
+    expect_lifetime(&heuristic, 200, &pairs, 30, LifetimeSource::Route);
 }
 
 #[test]
@@ -995,13 +981,19 @@ fn max_stale_lets_a_stale_response_be_reused() {
     );
 }
 
+/// The default policy with route stale windows of `while_revalidate` and
+/// `if_error` seconds.
+fn with_windows(while_revalidate: u64, if_error: u64) -> FreshnessPolicy {
+    FreshnessPolicy {
+        stale_while_revalidate: Some(secs(while_revalidate)),
+        stale_if_error: Some(secs(if_error)),
+        ..policy()
+    }
+}
+
 #[test]
 fn must_revalidate_and_proxy_revalidate_forbid_any_stale_use() {
-    let generous = FreshnessPolicy {
-        stale_while_revalidate: Some(secs(100)),
-        stale_if_error: Some(secs(100)),
-        ..policy()
-    };
+    let generous = with_windows(100, 100);
     let max_age = life(60, LifetimeSource::MaxAge);
     for cc in [
         "must-revalidate, stale-while-revalidate=100, stale-if-error=100",
@@ -1029,11 +1021,7 @@ fn must_revalidate_and_proxy_revalidate_forbid_any_stale_use() {
 
 #[test]
 fn response_no_cache_always_revalidates() {
-    let generous = FreshnessPolicy {
-        stale_while_revalidate: Some(secs(100)),
-        stale_if_error: Some(secs(100)),
-        ..policy()
-    };
+    let generous = with_windows(100, 100);
     for cc in [
         "no-cache, max-age=60, immutable",
         "no-cache=\"x-a\", max-age=60",
@@ -1075,11 +1063,7 @@ fn origin_stale_windows_apply_after_expiry() {
 
 #[test]
 fn route_stale_windows_apply_when_the_origin_names_none() {
-    let route = FreshnessPolicy {
-        stale_while_revalidate: Some(secs(10)),
-        stale_if_error: Some(secs(300)),
-        ..policy()
-    };
+    let route = with_windows(10, 300);
     let ttl = life(30, LifetimeSource::Route);
     assert_eq!(decide(&[], ttl, 35, &[], &route), stale(true, true));
     assert_eq!(decide(&[], ttl, 100, &[], &route), stale(false, true));
@@ -1090,11 +1074,7 @@ fn route_stale_windows_apply_when_the_origin_names_none() {
 
 #[test]
 fn s_maxage_refuses_route_windows_and_max_stale_but_not_origin_windows() {
-    let route = FreshnessPolicy {
-        stale_while_revalidate: Some(secs(10)),
-        stale_if_error: Some(secs(300)),
-        ..policy()
-    };
+    let route = with_windows(10, 300);
     let s_maxage = life(60, LifetimeSource::SMaxAge);
     let response = [("cache-control", "s-maxage=60")];
     assert_eq!(

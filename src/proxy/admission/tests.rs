@@ -90,16 +90,22 @@ fn head_over_the_limit_is_refused_with_431() {
     assert_eq!(counters.get(ClientLimit::HeaderSize), 1);
 }
 
+/// A request body that streams `chunks` (an error ends it broken).
+fn streamed(
+    chunks: Vec<Result<Bytes, std::io::Error>>,
+) -> impl http_body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static {
+    http_body_util::StreamBody::new(
+        futures_util::stream::iter(chunks).map(|c| c.map(http_body::Frame::data)),
+    )
+}
+
 #[tokio::test]
 async fn streamed_body_is_cut_off_past_the_limit() {
     let (admission, counters) = admission("max_request_body = \"10B\"");
-    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+    let body = streamed(vec![
         Ok(Bytes::from_static(b"123456")),
         Ok(Bytes::from_static(b"789012")),
-    ];
-    let body = http_body_util::StreamBody::new(
-        futures_util::stream::iter(chunks).map(|c| c.map(http_body::Frame::data)),
-    );
+    ]);
     let (limited, check) = admission.limit_body(body);
     let mut stream = http_body_util::BodyDataStream::new(limited);
     assert_eq!(stream.next().await.unwrap().unwrap(), "123456");
@@ -112,16 +118,13 @@ async fn streamed_body_is_cut_off_past_the_limit() {
 #[tokio::test]
 async fn a_body_that_breaks_is_the_clients_fault() {
     let (admission, counters) = admission("");
-    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+    let body = streamed(vec![
         Ok(Bytes::from_static(b"12")),
         Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "bad chunk size",
         )),
-    ];
-    let body = http_body_util::StreamBody::new(
-        futures_util::stream::iter(chunks).map(|c| c.map(http_body::Frame::data)),
-    );
+    ]);
     let (limited, check) = admission.limit_body(body);
     let mut stream = http_body_util::BodyDataStream::new(limited);
     assert!(stream.next().await.unwrap().is_ok());

@@ -1,0 +1,514 @@
+//! The stored response: one complete, shareable answer with everything about
+//! its freshness computed once when it was stored, the request header values
+//! its variant was chosen by, and its versioned wire form ([`super::wire`]) for
+//! tiers beyond this process.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::time::Instant;
+
+use super::policy::{self, Lifetime, LifetimeSource, Reuse};
+use super::wire::{WireEntry, WireSelecting};
+use crate::config::FreshnessPolicy;
+use crate::http::directives::{CORRAL_CACHE_CONTROL, RequestDirectives, ResponseDirectives};
+
+/// Extra time an entry stays in memory after it can last be served (its
+/// freshness plus its longest stale window), so in-flight readers, a breaker
+/// that keeps the origin out, and clients' `max-stale` can still find it.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(30);
+
+/// Fixed per-entry overhead charged to the weigher (struct, map node, Arc).
+pub(super) const ENTRY_OVERHEAD: usize = 256;
+
+/// When a response arrived, on the two clocks its age is computed from
+/// (RFC 9111 §4.2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// When the request that fetched it was sent (local clock).
+    pub request_time: Instant,
+    /// When its head arrived (local clock).
+    pub response_time: Instant,
+    /// When its head arrived (wall clock), in whole seconds: the resolution
+    /// of the `Date` it is compared with, so a response dated this very
+    /// second has no apparent age.
+    pub received_at: SystemTime,
+}
+
+impl Timing {
+    /// The timing of a response whose request left at `request_time` and
+    /// whose head arrived at `response_time` / `received_at`.
+    pub fn new(request_time: Instant, response_time: Instant, received_at: SystemTime) -> Timing {
+        let whole_seconds = received_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(received_at, |since| {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs())
+            });
+        Timing {
+            request_time,
+            response_time,
+            received_at: whole_seconds,
+        }
+    }
+}
+
+/// A complete, shareable response and everything about its freshness,
+/// computed once when it was stored. Immutable: readers clone the `Arc`; a
+/// revalidation stores a new one.
+#[derive(Debug)]
+pub struct CachedResponse {
+    /// Status the origin answered with.
+    pub status: StatusCode,
+    /// End-to-end headers as they will be sent: hop-by-hop removed, `Via`
+    /// added, `Corral-Cache-Control` (corral's own) removed.
+    pub headers: HeaderMap,
+    /// The whole body; never a truncated one.
+    pub body: Bytes,
+    /// The request header values this variant was selected by (from `Vary`).
+    pub variant: Variant,
+    /// The cache directives of the field that governs the response.
+    pub directives: ResponseDirectives,
+    /// Its freshness lifetime and the rule that produced it.
+    pub lifetime: Lifetime,
+    /// When it arrived.
+    pub timing: Timing,
+    /// Its age when it arrived (`corrected_initial_age`).
+    pub initial_age: Duration,
+    /// Until when it is fresh (local clock).
+    pub fresh_until: Instant,
+    /// Whether it carries a validator, so it can be revalidated with a
+    /// conditional request.
+    pub has_validator: bool,
+    /// Until when it may be needed: freshness, plus the longest stale window
+    /// that may apply, plus [`EVICTION_GRACE`]. moka reclaims it afterwards.
+    pub keep_until: Instant,
+    /// The `Corral-Cache-Control` lines it came with, kept apart from
+    /// `headers` so clients never see them but a 304 can be merged with them.
+    corral_cache_control: Vec<HeaderValue>,
+}
+
+/// Copies every header value into its own exact-size allocation. Values parsed
+/// by hyper are slices of the connection's read buffer: stored as they are,
+/// each entry would keep a whole buffer (8 KiB or more) alive, unseen by the
+/// byte budget.
+pub(super) fn detach(headers: HeaderMap) -> HeaderMap {
+    let mut detached = HeaderMap::with_capacity(headers.len());
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        if let Some(name) = &current {
+            detached.append(name.clone(), detach_value(&value));
+        }
+    }
+    detached
+}
+
+pub(super) fn detach_value(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
+
+/// Directives that ignore the client's wishes: what a request without
+/// `Cache-Control` or `Pragma` means.
+pub const NO_REQUEST_DIRECTIVES: RequestDirectives = RequestDirectives {
+    no_cache: false,
+    no_store: false,
+    max_age: None,
+    max_stale: None,
+    min_fresh: None,
+    only_if_cached: false,
+};
+
+impl CachedResponse {
+    /// Builds an entry from a complete origin response and the `directives`
+    /// its governing field holds (parsed once, by the caller's verdict),
+    /// computing its lifetime (under `policy`), initial age, validator and how
+    /// long it must be kept. `headers` are the origin's end-to-end headers;
+    /// `Corral-Cache-Control` is taken out of them here, and their values are
+    /// copied out of any read buffer they point into. `body` must already own
+    /// exactly its bytes (not be a slice of a larger buffer): whoever joins
+    /// the body's chunks makes that copy, once.
+    pub fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        directives: ResponseDirectives,
+        body: Bytes,
+        variant: Variant,
+        timing: Timing,
+        policy: &FreshnessPolicy,
+    ) -> CachedResponse {
+        let lifetime =
+            policy::freshness_lifetime(status, &headers, &directives, timing.received_at, policy);
+        let initial_age = policy::corrected_initial_age(
+            &headers,
+            timing.request_time,
+            timing.response_time,
+            timing.received_at,
+        );
+        let stored = Stored {
+            status,
+            headers,
+            directives,
+            body,
+            variant,
+        };
+        CachedResponse::assemble(stored, timing, lifetime, initial_age, policy)
+    }
+
+    /// The entry `stored` becomes, arrived at `timing`, `lifetime` fresh and
+    /// `initial_age` old on arrival: when it goes stale and when it may be
+    /// reclaimed, its validator, and its `Corral-Cache-Control` kept apart.
+    fn assemble(
+        stored: Stored,
+        timing: Timing,
+        lifetime: Lifetime,
+        initial_age: Duration,
+        policy: &FreshnessPolicy,
+    ) -> CachedResponse {
+        let Stored {
+            status,
+            headers,
+            directives,
+            body,
+            variant,
+        } = stored;
+        let fresh_until = policy::fresh_until(timing.response_time, lifetime.duration, initial_age);
+        let (while_revalidate, if_error) = stale_windows(&directives, lifetime, policy);
+        let keep_until = fresh_until
+            .checked_add(
+                while_revalidate
+                    .max(if_error)
+                    .saturating_add(EVICTION_GRACE),
+            )
+            .unwrap_or(fresh_until);
+        let has_validator = policy::has_validator(&headers);
+        let mut headers = detach(headers);
+        let corral_cache_control = match headers.entry(&CORRAL_CACHE_CONTROL) {
+            http::header::Entry::Occupied(lines) => lines.remove_entry_mult().1.collect(),
+            http::header::Entry::Vacant(_) => Vec::new(),
+        };
+        CachedResponse {
+            status,
+            headers,
+            body,
+            variant,
+            directives,
+            lifetime,
+            timing,
+            initial_age,
+            fresh_until,
+            has_validator,
+            keep_until,
+            corral_cache_control,
+        }
+    }
+
+    /// Its wire form ([`super::wire`]): everything another process needs to
+    /// serve it and judge it fresh, with its stale windows as they apply
+    /// under `policy` (the route it was stored for).
+    pub fn to_wire(&self, policy: &FreshnessPolicy) -> WireEntry {
+        let (stale_while_revalidate, stale_if_error) =
+            stale_windows(&self.directives, self.lifetime, policy);
+        WireEntry {
+            stored_at: self.timing.received_at,
+            initial_age: self.initial_age,
+            lifetime: self.lifetime.duration,
+            stale_while_revalidate,
+            stale_if_error,
+            status: self.status,
+            headers: self.origin_headers(),
+            body: self.body.clone(),
+            variant: self.variant.to_wire(),
+        }
+    }
+
+    /// The entry another process stored as `wire`, placed on this process's
+    /// clock: it arrived `now_wall − stored_at` before `now` (no earlier than
+    /// `now` if the clocks disagree), keeps the lifetime and initial age it
+    /// was stored with, and is judged under `policy` (the route's) as any
+    /// entry stored here.
+    pub fn from_wire(
+        wire: WireEntry,
+        policy: &FreshnessPolicy,
+        now: Instant,
+        now_wall: SystemTime,
+    ) -> CachedResponse {
+        let since = now_wall.duration_since(wire.stored_at).unwrap_or_default();
+        let arrived = now.checked_sub(since).unwrap_or(now);
+        let timing = Timing {
+            request_time: arrived,
+            response_time: arrived,
+            received_at: wire.stored_at,
+        };
+        let directives = ResponseDirectives::from_headers(&wire.headers);
+        let source = policy::freshness_lifetime(
+            wire.status,
+            &wire.headers,
+            &directives,
+            wire.stored_at,
+            policy,
+        )
+        .source;
+        let lifetime = Lifetime::new(wire.lifetime, source);
+        let stored = Stored {
+            status: wire.status,
+            headers: wire.headers,
+            directives,
+            body: wire.body,
+            variant: Variant::from_wire(wire.variant),
+        };
+        CachedResponse::assemble(stored, timing, lifetime, wire.initial_age, policy)
+    }
+
+    /// The headers as the origin sent them (with `Corral-Cache-Control`), for
+    /// comparing validators with a 304 and merging it in: one copy, which the
+    /// caller then owns ([`policy::freshen_headers`] merges into it).
+    pub fn origin_headers(&self) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        for line in &self.corral_cache_control {
+            headers.append(CORRAL_CACHE_CONTROL.clone(), line.clone());
+        }
+        headers
+    }
+
+    /// Whether the entry is fresh at `now` (before any client's wishes).
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        now < self.fresh_until
+    }
+
+    /// Its `current_age` at `now` (RFC 9111 §4.2.3).
+    pub fn current_age(&self, now: Instant) -> Duration {
+        policy::current_age(self.initial_age, self.timing.response_time, now)
+    }
+
+    /// Whole seconds of age at `now`, for `Age`.
+    pub fn age_secs(&self, now: Instant) -> u64 {
+        self.current_age(now).as_secs()
+    }
+
+    /// Whole seconds of freshness left at `now`.
+    pub fn ttl_secs(&self, now: Instant) -> u64 {
+        self.fresh_until.saturating_duration_since(now).as_secs()
+    }
+
+    /// Whether it may answer a request with `request` directives at `now`
+    /// without the origin, or how it may be used while the origin is asked
+    /// ([`policy::reuse`]).
+    pub fn reuse(
+        &self,
+        now: Instant,
+        request: &RequestDirectives,
+        policy: &FreshnessPolicy,
+    ) -> Reuse {
+        policy::reuse(
+            &self.directives,
+            self.lifetime,
+            self.current_age(now),
+            request,
+            policy,
+        )
+    }
+
+    /// Whether it may be served stale when corral cannot reach the origin
+    /// (breaker open, origin asked for a pause, overload): not when the
+    /// origin forbade any stale use (`no-cache`, `must-revalidate`,
+    /// `proxy-revalidate`, `s-maxage`; RFC 9111 §4.2.4, §5.2.2.2).
+    pub fn may_serve_disconnected(&self) -> bool {
+        let directives = &self.directives;
+        !(directives.no_cache.is_some()
+            || directives.must_revalidate
+            || directives.proxy_revalidate
+            || self.lifetime.source == LifetimeSource::SMaxAge)
+    }
+
+    /// Bytes this entry is charged for in the cache budget.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum();
+        ENTRY_OVERHEAD + headers + self.body.len()
+    }
+}
+
+/// The windows past freshness in which an entry may still be served stale,
+/// (stale-while-revalidate, stale-if-error): the origin's, else the route's;
+/// none when stale use is forbidden, and not the route's when `s-maxage`
+/// implies `proxy-revalidate`.
+fn stale_windows(
+    directives: &ResponseDirectives,
+    lifetime: Lifetime,
+    policy: &FreshnessPolicy,
+) -> (Duration, Duration) {
+    if directives.no_cache.is_some() || directives.must_revalidate || directives.proxy_revalidate {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let implied_revalidate = lifetime.source == LifetimeSource::SMaxAge;
+    let window = |origin: Option<Duration>, route: Option<Duration>| {
+        origin
+            .or(if implied_revalidate { None } else { route })
+            .unwrap_or_default()
+    };
+    (
+        window(
+            directives.stale_while_revalidate,
+            policy.stale_while_revalidate,
+        ),
+        window(directives.stale_if_error, policy.stale_if_error),
+    )
+}
+
+/// What a stored entry is made of before its freshness is placed on a clock.
+struct Stored {
+    status: StatusCode,
+    headers: HeaderMap,
+    directives: ResponseDirectives,
+    body: Bytes,
+    variant: Variant,
+}
+
+/// The request header values a stored variant was chosen by, per `Vary`
+/// (RFC 9111 §4.1), and per the route's `forward_headers` (headers a fill
+/// forwards, so they may shape the answer: they select it too). A request is
+/// served this variant only if, for each header, it is absent in both or
+/// present in both with the same value. `Vary` values are compared
+/// normalised: list members across lines, whitespace trimmed and collapsed,
+/// empty members ignored, `Accept*` members case-insensitively. Forwarded
+/// headers are compared byte for byte, line by line: the origin saw exactly
+/// those bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Variant {
+    selecting: Vec<Selecting>,
+}
+
+/// One request header a variant was chosen by.
+#[derive(Debug, Clone)]
+struct Selecting {
+    name: HeaderName,
+    values: Vec<HeaderValue>,
+    /// Compared byte for byte (a forwarded header) rather than normalised.
+    exact: bool,
+}
+
+impl Variant {
+    /// Records, for each header named by the response's `Vary`, and for each
+    /// header in `forwarded`, the values the request carried.
+    pub fn capture<'a>(
+        vary: impl Iterator<Item = &'a str>,
+        forwarded: &[HeaderName],
+        request: &HeaderMap,
+    ) -> Variant {
+        let values_of =
+            |name: &HeaderName| request.get_all(name).iter().map(detach_value).collect();
+        let varied = vary
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .filter(|name| !forwarded.contains(name))
+            .map(|name| Selecting {
+                values: values_of(&name),
+                name,
+                exact: false,
+            });
+        let forwarded = forwarded.iter().map(|name| Selecting {
+            values: values_of(name),
+            name: name.clone(),
+            exact: true,
+        });
+        Variant {
+            selecting: varied.chain(forwarded).collect(),
+        }
+    }
+
+    /// Its wire form: each selecting header with the values it was chosen by.
+    pub fn to_wire(&self) -> Vec<WireSelecting> {
+        self.selecting
+            .iter()
+            .map(|selecting| WireSelecting {
+                name: selecting.name.clone(),
+                values: selecting.values.clone(),
+                exact: selecting.exact,
+            })
+            .collect()
+    }
+
+    /// The variant a wire form describes.
+    pub fn from_wire(selecting: Vec<WireSelecting>) -> Variant {
+        Variant {
+            selecting: selecting
+                .into_iter()
+                .map(|wire| Selecting {
+                    name: wire.name,
+                    values: wire.values,
+                    exact: wire.exact,
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `request` selects this variant. Allocates nothing.
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        self.selecting.iter().all(|selecting| {
+            let stored = &selecting.values;
+            let mut sent = request.get_all(&selecting.name).iter().peekable();
+            match (stored.is_empty(), sent.peek().is_none()) {
+                (true, true) => true,
+                (true, false) | (false, true) => false,
+                (false, false) if selecting.exact => stored.iter().eq(sent),
+                (false, false) => same_list(&selecting.name, stored.iter(), sent),
+            }
+        })
+    }
+}
+
+/// One piece of a normalised list value.
+#[derive(Debug, Clone, Copy)]
+enum Token<'a> {
+    /// Between two non-empty members.
+    Comma,
+    /// A run of non-whitespace bytes inside a member.
+    Word(&'a [u8]),
+}
+
+/// A list field's lines as tokens: split at commas, members without content
+/// dropped, each member split at whitespace runs.
+fn list_tokens<'a>(
+    lines: impl Iterator<Item = &'a HeaderValue>,
+) -> impl Iterator<Item = Token<'a>> {
+    lines
+        .flat_map(|line| line.as_bytes().split(|b| *b == b','))
+        .filter(|member| member.iter().any(|b| !b.is_ascii_whitespace()))
+        .enumerate()
+        .flat_map(|(index, member)| {
+            let words = member
+                .split(u8::is_ascii_whitespace)
+                .filter(|word| !word.is_empty())
+                .map(Token::Word);
+            (index > 0).then_some(Token::Comma).into_iter().chain(words)
+        })
+}
+
+/// Whether two sets of lines of the field `name` are the same list once
+/// normalised.
+fn same_list<'a>(
+    name: &HeaderName,
+    a: impl Iterator<Item = &'a HeaderValue>,
+    b: impl Iterator<Item = &'a HeaderValue>,
+) -> bool {
+    let caseless = name.as_str().starts_with("accept");
+    let mut a = list_tokens(a);
+    let mut b = list_tokens(b);
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(Token::Comma), Some(Token::Comma)) => {}
+            (Some(Token::Word(x)), Some(Token::Word(y)))
+                if x == y || (caseless && x.eq_ignore_ascii_case(y)) => {}
+            _ => return false,
+        }
+    }
+}
