@@ -4,18 +4,25 @@
 //!
 //! Raw `TcpStream`s stand in for misbehaving clients. Nothing sleeps to
 //! synchronise: tests wait for the server to close a socket (with an overall
-//! bound), for counters, or on gates. Timeouts under test are short and real.
+//! bound), for counters, or on gates.
+//!
+//! Tests of the header and idle timeouts run on a paused tokio clock (a
+//! current-thread runtime, so the clients, corral and the origin share one
+//! thread and loopback I/O is never in flight while the runtime is idle).
+//! Those timeouts are corral's own tokio timers: when every task waits, tokio
+//! moves the clock to the next timer, in deadline order, so they fire without
+//! real time passing. Where the test spins on a counter instead (which keeps
+//! the clock still), it moves the clock itself with `advance`.
 mod support;
 
+use support::Setup;
 use support::raw_client::{
     BOUND, Closed, find, read_response, read_until_closed, send_raw, status_of,
 };
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use corral::config::Config;
 use corral::metrics::ClientLimit;
 use corral::testing::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,7 +44,7 @@ fn limit_count(corral: &support::TestProxy, limit: ClientLimit) -> u64 {
 async fn fine_origin_and_corral(toml: &str) -> (MockOrigin, support::TestProxy) {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/", Reply::ok("fine"));
-    let corral = support::start(support::config(&origin, toml)).await;
+    let corral = Setup::origin(&origin).toml(toml).start().await;
     (origin, corral)
 }
 
@@ -58,7 +65,7 @@ async fn assert_refused_before_origin(
     closed
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn slowloris_is_cut_off_after_the_header_timeout_while_others_are_served() {
     let (origin, corral) = fine_origin_and_corral(
         "[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"60s\"\n",
@@ -125,7 +132,7 @@ async fn slowloris_is_cut_off_after_the_header_timeout_while_others_are_served()
     corral.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let (_origin, corral) = fine_origin_and_corral(
         "[server]\nheader_read_timeout = \"10s\"\nidle_timeout = \"300ms\"\n",
@@ -145,8 +152,9 @@ async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     corral.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_millis(300);
     let (_origin, corral) = fine_origin_and_corral(
         "[server]\nheader_read_timeout = \"10s\"\nidle_timeout = \"300ms\"\n",
     )
@@ -156,6 +164,10 @@ async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
     let response = client.get(corral.url("/a")).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.text().await.unwrap(), "fine");
+    // The stream ended, so corral has marked the connection quiet (the
+    // response body is dropped before its last frame is written): from here
+    // the idle timer runs. `wait_until` keeps the clock still; move it.
+    tokio::time::advance(IDLE).await;
     let metrics = corral.proxy.metrics();
     support::wait_until("the idle HTTP/2 connection is closed", BOUND, || {
         metrics.connections_open.get() == 0
@@ -170,17 +182,16 @@ async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
     corral.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_timeout_spares_a_request_in_progress() {
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
     origin.always("/slow", Behaviour::gated(&gate, Reply::ok("late")));
     origin.always("/", Reply::ok("fine"));
-    let corral = support::start(support::config(
-        &origin,
-        "[server]\nidle_timeout = \"300ms\"\n[[route]]\nmatch = \"/\"\ncache = false\n",
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .toml("[server]\nidle_timeout = \"300ms\"\n[[route]]\nmatch = \"/\"\ncache = false\n")
+        .start()
+        .await;
 
     let mut busy = send_raw(corral.addr, &get("/slow")).await;
     origin.wait_for_hits(1).await;
@@ -200,11 +211,10 @@ async fn idle_timeout_spares_a_request_in_progress() {
 async fn two_gib_content_length_is_refused_with_413_unread() {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/", Reply::ok("stored"));
-    let corral = support::start(support::config(
-        &origin,
-        "[server]\nmax_request_body = \"1MiB\"\n[[route]]\nmatch = \"/\"\ncache = false\n",
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .toml("[server]\nmax_request_body = \"1MiB\"\n[[route]]\nmatch = \"/\"\ncache = false\n")
+        .start()
+        .await;
 
     let announced_2gib = b"POST /upload HTTP/1.1\r\nHost: corral.test\r\nContent-Length: 2147483648\r\n\r\nonly a few bytes";
     assert_refused_before_origin(&corral, &origin, announced_2gib, 413, ClientLimit::BodySize)
@@ -246,11 +256,10 @@ async fn recording_origin() -> (SocketAddr, oneshot::Receiver<Vec<u8>>) {
 #[tokio::test]
 async fn chunked_body_growing_past_the_limit_is_cut_off_never_forwarded_whole() {
     let (origin, received) = recording_origin().await;
-    let text = format!(
-        "[origin]\nurl = \"http://{origin}\"\n[server]\nmax_request_body = \"32KiB\"\n\
-         [[route]]\nmatch = \"/\"\ncache = false\n"
-    );
-    let corral = support::start(Config::parse(&text, Path::new("test.toml")).unwrap()).await;
+    let corral = Setup::url(format!("http://{origin}"))
+        .toml("[server]\nmax_request_body = \"32KiB\"\n[[route]]\nmatch = \"/\"\ncache = false\n")
+        .start()
+        .await;
 
     let mut stream = send_raw(
         corral.addr,
@@ -380,9 +389,9 @@ async fn origin_host_is_sent_upstream_unless_the_route_preserves_it() {
             .unwrap_or("(none)");
         Reply::ok(host.to_owned()).into()
     });
-    let corral = support::start(support::config(
-        &origin,
-        r#"
+    let corral = Setup::origin(&origin)
+        .toml(
+            r#"
 [[route]]
 match = "/kept/"
 preserve_host = true
@@ -395,8 +404,9 @@ hosts = ["shop.example"]
 [[route]]
 match = "/"
 "#,
-    ))
-    .await;
+        )
+        .start()
+        .await;
     let client = support::client();
     let host_seen = |path: &'static str| {
         let request = client.get(corral.url(path)).header("host", "shop.example");

@@ -3,7 +3,7 @@
 //! and bounded follower waits (DESIGN.md invariants 1, 2, 4, 5 and 6).
 mod support;
 
-use support::{Seen, get, join_all, spawn_get};
+use support::{Seen, Setup, get, join_all, spawn_get};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,7 +60,7 @@ async fn concurrent_misses_hit_origin_once() {
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
     origin.always("/api/products/1", Behaviour::gated(&gate, Reply::ok(BODY)));
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
     let url = corral.url("/api/products/1");
     let metrics = corral.proxy.metrics();
@@ -121,6 +121,7 @@ async fn concurrent_misses_hit_origin_once() {
     corral.shutdown().await;
 }
 
+// Real time: 1 ms-paced arrivals must race the fill on two worker threads (paused time needs one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_arrivals_across_the_fill_see_one_origin_request() {
     /// Upper bound on arrivals, so a broken proxy cannot loop forever.
@@ -135,7 +136,7 @@ async fn steady_arrivals_across_the_fill_see_one_origin_request() {
         "/api/products/gap",
         Behaviour::gated(&gate, Reply::ok("steady")),
     );
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
     let url = corral.url("/api/products/gap");
     let hits_seen = Arc::new(AtomicUsize::new(0));
@@ -218,7 +219,7 @@ async fn leader_client_disconnect_does_not_cancel_the_fetch() {
         "/api/products/leave",
         Behaviour::gated(&gate, Reply::ok("kept")),
     );
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
     let url = corral.url("/api/products/leave");
     let metrics = corral.proxy.metrics();
@@ -281,7 +282,7 @@ async fn slow_key_does_not_stall_other_keys() {
         "/api/fast",
         Reply::ok("fast").delay(Duration::from_millis(10)),
     );
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
     let metrics = corral.proxy.metrics();
 
@@ -329,17 +330,18 @@ async fn slow_key_does_not_stall_other_keys() {
     corral.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a paused clock: the followers' 200 ms `lock_timeout` runs out once every
+/// task waits (tokio moves the clock to it), never because the machine is slow.
+#[tokio::test(start_paused = true)]
 async fn follower_lock_timeout_answers_504_without_going_to_origin() {
     const FOLLOWERS: usize = 3;
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
     origin.always("/api/locked", Behaviour::gated(&gate, Reply::ok("late")));
-    let corral = support::start(support::config(
-        &origin,
-        "[[route]]\nmatch = \"/\"\nttl = \"60s\"\nlock_timeout = \"200ms\"\n",
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\nttl = \"60s\"\nlock_timeout = \"200ms\"\n")
+        .start()
+        .await;
     let client = support::client();
     let url = corral.url("/api/locked");
 
@@ -385,12 +387,11 @@ async fn follower_client_disconnect_stops_waiting_at_once() {
     origin.always("/api/wait", Behaviour::gated(&gate, Reply::ok("waited")));
     // Neither the origin timeout nor the lock timeout may end the wait before
     // the departed follower is seen to stop waiting.
-    let corral = support::start(support::config_with_origin(
-        &origin,
-        "timeout = \"120s\"",
-        "[[route]]\nmatch = \"/\"\nttl = \"60s\"\nlock_timeout = \"120s\"\n",
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .origin_keys("timeout = \"120s\"")
+        .toml("[[route]]\nmatch = \"/\"\nttl = \"60s\"\nlock_timeout = \"120s\"\n")
+        .start()
+        .await;
     let client = support::client();
     let metrics = corral.proxy.metrics();
 
@@ -431,7 +432,7 @@ async fn head_on_cached_key_returns_headers_without_body() {
     const BODY: &str = "hello head";
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/api/doc", Reply::ok(BODY));
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
 
     let filled = get(&client, &corral.url("/api/doc")).await;
@@ -480,7 +481,7 @@ async fn a_request_sent_as_the_flight_lands_finds_the_stored_answer() {
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
     origin.always("/api/landing", Behaviour::gated(&gate, Reply::ok("landed")));
-    let config = support::config(&origin, ROUTES);
+    let config = Setup::origin(&origin).toml(ROUTES).config();
     let proxy = corral::Corral::new(&config).unwrap().proxy().clone();
     let client: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let request = || {

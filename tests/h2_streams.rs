@@ -38,6 +38,8 @@
 //! only as a failure bound.
 mod support;
 
+use support::Setup;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -449,7 +451,7 @@ async fn only_the_bad_stream_fails(case: &str, bad: &[Field]) -> Result<(), Stri
         record.lock().unwrap().push(seen.path.clone());
         Reply::ok("fine").into()
     });
-    let corral = support::start(support::config(&origin, CATCH_ALL)).await;
+    let corral = Setup::origin(&origin).toml(CATCH_ALL).start().await;
     let wire = exchange(corral.addr, bad).await;
     corral.shutdown().await;
     let forwarded = forwarded.lock().unwrap().clone();
@@ -512,7 +514,7 @@ async fn assert_each_resets_only_its_stream(cases: &[(&str, Vec<Field>)]) {
 async fn two_well_formed_streams_on_one_connection_are_both_answered() {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/", Reply::ok("fine"));
-    let corral = support::start(support::config(&origin, CATCH_ALL)).await;
+    let corral = Setup::origin(&origin).toml(CATCH_ALL).start().await;
     let first = bad_get(&[(b"te", b"trailers"), (b"x-ok", b"1")]);
     let wire = exchange(corral.addr, &first).await;
     corral.shutdown().await;

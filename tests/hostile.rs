@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use support::Setup;
 use support::raw_origin::{BodyMode, RawOrigin, RawRequest, is_tchar};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -392,7 +393,7 @@ fn permitted_problems(answer: &Answer, requests: &[RawRequest], rest: Rest) -> V
 /// `Ok` summarises what happened, `Err` describes everything that went wrong.
 async fn check(mode: BodyMode, payload: &Payload) -> Result<String, String> {
     let origin = RawOrigin::start(mode, REPLY).await;
-    let corral = support::start(support::config_for_url(&origin.url(), ROUTES)).await;
+    let corral = Setup::url(origin.url()).toml(ROUTES).start().await;
 
     let answer = exchange(corral.addr, &payload.bytes).await;
     if let Reading::Permitted { rest, .. } = payload.reading {

@@ -2,7 +2,7 @@
 //! shutdown, through real sockets (and, for signals, the real binary).
 mod support;
 
-use support::ttl_of;
+use support::{Setup, ttl_of};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -72,7 +72,7 @@ async fn metrics_count_a_scripted_workload_exactly() {
     origin.always("/products/broken", Behaviour::Reset);
     origin.always("/products/", Reply::ok("product"));
     origin.always("/cart/", Reply::ok("cart"));
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
 
     // One miss, then one hit.
@@ -161,7 +161,7 @@ async fn metrics_count_a_scripted_workload_exactly() {
 async fn purge_removes_exactly_the_matched_entries() {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/products/", Reply::ok("product"));
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
     for path in [
         "/products/1",
@@ -219,7 +219,7 @@ async fn purge_removes_exactly_the_matched_entries() {
 async fn admin_token_gates_everything_but_healthz() {
     let origin = MockOrigin::start().await.unwrap();
     let routes = format!("[admin]\ntoken = \"s3cret\"\n{ROUTES}");
-    let corral = support::start(support::config(&origin, &routes)).await;
+    let corral = Setup::origin(&origin).toml(&routes).start().await;
     let client = support::client();
     assert_eq!(
         client
@@ -267,7 +267,7 @@ async fn admin_token_gates_everything_but_healthz() {
 #[tokio::test]
 async fn admin_reload_without_a_file_is_refused_clearly() {
     let origin = MockOrigin::start().await.unwrap();
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let response = support::client()
         .post(corral.admin_url("/reload"))
         .send()
@@ -369,10 +369,12 @@ fn binary_config(
     admin: SocketAddr,
     routes: &str,
 ) -> String {
-    format!(
-        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nshutdown_timeout = \"20s\"\n\n[origin]\nurl = \"{}\"\n{routes}",
-        origin.url()
-    )
+    Setup::origin(origin)
+        .toml(&format!(
+            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nshutdown_timeout = \"20s\"\n"
+        ))
+        .toml(routes)
+        .text()
 }
 
 async fn free_port() -> SocketAddr {

@@ -3,7 +3,7 @@
 //! (DESIGN.md invariant 3); a broken body is never stored or served whole.
 mod support;
 
-use support::{Seen, get, join_all, spawn_get};
+use support::{Seen, Setup, get, join_all, spawn_get};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,7 +122,7 @@ async fn origin_500_reaches_every_waiter_and_is_not_cached() {
     let gate = Gate::new();
     let boom = Reply::ok("boom").status(StatusCode::INTERNAL_SERVER_ERROR);
     let healed = fail_until_healed(&origin, "/api/500", Behaviour::gated(&gate, boom));
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
 
     let wave = start_wave(&corral, &|| origin.hits(), &client, "/api/500").await;
@@ -154,7 +154,7 @@ async fn origin_reset_fails_every_waiter_with_502_and_next_request_refetches() {
         "/api/reset",
         Behaviour::gated(&gate, Behaviour::Reset),
     );
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
 
     let wave = start_wave(&corral, &|| origin.hits(), &client, "/api/reset").await;
@@ -172,20 +172,21 @@ async fn origin_reset_fails_every_waiter_with_502_and_next_request_refetches() {
     corral.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a paused clock: the 1 s origin timeout runs out once every task waits.
+#[tokio::test(start_paused = true)]
 async fn origin_hang_past_timeout_fails_every_waiter_with_504_and_next_request_refetches() {
     let origin = MockOrigin::start().await.unwrap();
     let healed = fail_until_healed(&origin, "/api/hang", Behaviour::Hang);
-    let corral = support::start(support::config_with_origin(
-        &origin,
-        "timeout = \"1s\"",
-        ROUTES,
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .origin_keys("timeout = \"1s\"")
+        .toml(ROUTES)
+        .start()
+        .await;
     let client = support::client();
 
-    // The followers must join within the 1 s origin timeout; on a very busy
-    // machine a late one would lead a second (hanging) fetch and fail the count.
+    // The followers must join within the 1 s origin timeout, or a late one
+    // would lead a second (hanging) fetch: `start_wave` spins until they wait,
+    // and a spinning task keeps the paused clock still, so they always do.
     let wave = start_wave(&corral, &|| origin.hits(), &client, "/api/hang").await;
     for seen in join_all(wave).await {
         assert_eq!(
@@ -215,7 +216,7 @@ async fn truncated_body_is_never_stored_or_served_as_complete() {
         sent: 100,
     };
     let healed = fail_until_healed(&origin, "/api/truncated", Behaviour::gated(&gate, truncate));
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
 
     let wave = start_wave(&corral, &|| origin.hits(), &client, "/api/truncated").await;
@@ -347,7 +348,7 @@ impl BreakingOrigin {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_broken_after_the_head_is_never_stored_or_served_as_complete() {
     let origin = BreakingOrigin::start().await;
-    let corral = support::start(support::config_for_url(&origin.url, ROUTES)).await;
+    let corral = Setup::url(&origin.url).toml(ROUTES).start().await;
     let client = support::client();
 
     // The leader has the head and 100 bytes in hand while its followers queue.
@@ -375,11 +376,10 @@ async fn body_broken_after_the_head_is_never_stored_or_served_as_complete() {
 async fn pass_through_body_broken_midway_is_aborted_not_completed() {
     let origin = BreakingOrigin::start().await;
     origin.release();
-    let corral = support::start(support::config_for_url(
-        &origin.url,
-        "[[route]]\nmatch = \"/api/cart\"\ncache = false\n",
-    ))
-    .await;
+    let corral = Setup::url(&origin.url)
+        .toml("[[route]]\nmatch = \"/api/cart\"\ncache = false\n")
+        .start()
+        .await;
     let client = support::client();
 
     let seen = get(&client, &corral.url("/api/cart")).await;

@@ -1,10 +1,18 @@
 //! Origin protection through real sockets: retries within a budget, the
 //! circuit breaker, the `Retry-After` gate, back-pressure with a bounded
-//! queue, and per-route timeouts. Time that must pass (a breaker's open
-//! period, a `Retry-After`) is skipped with tokio's paused clock, never slept.
+//! queue, and per-route timeouts.
+//!
+//! Time that must pass (retry backoff, a breaker's open period, a
+//! `Retry-After`, a route's timeout) passes on a paused tokio clock, never
+//! slept: a current-thread runtime, so clients, corral and the origin share
+//! one thread and no loopback I/O is in flight while the runtime is idle.
+//! Backoffs, `Retry-After` waits and timeouts are corral's own tokio timers,
+//! which tokio reaches (in deadline order) once every task waits; a period
+//! the test waits out it skips with `advance`, at points where no socket I/O
+//! is outstanding (between requests, or while a request waits on the test).
 mod support;
 
-use support::{get, send, spawn_get};
+use support::{Setup, get, send, spawn_get};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,20 +37,12 @@ fn sample(name: &str, origin: &MockOrigin, extra: &str) -> String {
     format!("{name}{{origin=\"{}\"{extra}}}", origin.addr())
 }
 
-/// Moves tokio's clock (which corral's timers, breaker and gate run on)
-/// forward by `by` at once, then lets it run on in real time.
-async fn skip_time(by: Duration) {
-    tokio::time::pause();
-    tokio::time::advance(by).await;
-    tokio::time::resume();
-}
-
 /// Origin keys that keep the breaker out of tests about something else.
 const NO_BREAKER: &str = "breaker_min_requests = 100000\n";
 
 const CACHE_ALL: &str = "[[route]]\nmatch = \"/\"\nttl = \"60s\"\n";
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn flapping_origin_is_hidden_by_retries_within_the_budget() {
     let origin = MockOrigin::start().await.unwrap();
     // Every other request fails.
@@ -60,12 +60,11 @@ async fn flapping_origin_is_hidden_by_retries_within_the_budget() {
         "retries = 2\nretry_budget = {BUDGET:?}\nretry_backoff = \"1ms\"\n\
          retry_backoff_max = \"5ms\"\n{NO_BREAKER}"
     );
-    let corral = support::start(support::config_with_origin(
-        &origin,
-        &origin_keys,
-        CACHE_ALL,
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(&origin_keys)
+        .toml(CACHE_ALL)
+        .start()
+        .await;
     let client = support::client();
 
     const REQUESTS: u64 = 40;
@@ -90,7 +89,7 @@ async fn flapping_origin_is_hidden_by_retries_within_the_budget() {
     corral.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retries_of_a_down_origin_add_at_most_the_budget() {
     let origin = MockOrigin::start().await.unwrap();
     origin.always(
@@ -101,12 +100,11 @@ async fn retries_of_a_down_origin_add_at_most_the_budget() {
         "retries = 3\nretry_budget = 0.2\nretry_backoff = \"1ms\"\n\
          retry_backoff_max = \"2ms\"\n{NO_BREAKER}"
     );
-    let corral = support::start(support::config_with_origin(
-        &origin,
-        &origin_keys,
-        CACHE_ALL,
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(&origin_keys)
+        .toml(CACHE_ALL)
+        .start()
+        .await;
     let client = support::client();
 
     const REQUESTS: u64 = 50;
@@ -129,7 +127,7 @@ async fn retries_of_a_down_origin_add_at_most_the_budget() {
     corral.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn post_is_never_retried_and_get_passes_are() {
     let origin = MockOrigin::start().await.unwrap();
     origin.on("/cart", |seen| {
@@ -142,7 +140,11 @@ async fn post_is_never_retried_and_get_passes_are() {
     let origin_keys =
         format!("retries = 2\nretry_budget = 1.0\nretry_backoff = \"1ms\"\n{NO_BREAKER}");
     let routes = "[[route]]\nmatch = \"/cart\"\ncache = false\n";
-    let corral = support::start(support::config_with_origin(&origin, &origin_keys, routes)).await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(&origin_keys)
+        .toml(routes)
+        .start()
+        .await;
     let client = support::client();
 
     let posted = send(client.post(corral.url("/cart")).body("item=1")).await;
@@ -157,7 +159,11 @@ async fn post_is_never_retried_and_get_passes_are() {
             Reply::ok("ok").into()
         }
     });
-    let corral2 = support::start(support::config_with_origin(&origin2, &origin_keys, routes)).await;
+    let corral2 = Setup::origin(&origin2)
+        .origin_keys(&origin_keys)
+        .toml(routes)
+        .start()
+        .await;
     let got = get(&client, &corral2.url("/cart")).await;
     assert_eq!(got.status, StatusCode::OK, "{got:?}");
     assert_eq!(
@@ -169,7 +175,7 @@ async fn post_is_never_retried_and_get_passes_are() {
     corral2.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn hard_down_origin_opens_the_breaker_and_one_probe_closes_it() {
     let origin = MockOrigin::start().await.unwrap();
     let down = Arc::new(AtomicBool::new(false));
@@ -189,13 +195,17 @@ async fn hard_down_origin_opens_the_breaker_and_one_probe_closes_it() {
     }
     const OPEN_FOR: Duration = Duration::from_secs(5);
     // Opens at 6 outcomes in the window, 60% of them failures: with the two
-    // successes below, at the 4th failure. Long origin timeouts: a fast answer
-    // cannot come from waiting them out.
+    // successes below, at the 4th failure. Long origin timeouts: every failure
+    // is a reset (502), never a timeout waited out.
     let origin_keys = "retries = 0\nbreaker_min_requests = 6\nbreaker_failure_rate = 0.6\n\
         breaker_window = \"5m\"\nbreaker_open_for = \"5s\"\n\
         timeout = \"30s\"\nfirst_byte_timeout = \"30s\"\nrequest_timeout = \"60s\"\n";
     let routes = "[[route]]\nmatch = \"/\"\nttl = \"1s\"\n";
-    let corral = support::start(support::config_with_origin(&origin, origin_keys, routes)).await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(origin_keys)
+        .toml(routes)
+        .start()
+        .await;
     let client = support::client();
     let state = sample("corral_circuit_state", &origin, "");
     assert_eq!(metric(&corral, &state), Some(0.0));
@@ -205,7 +215,7 @@ async fn hard_down_origin_opens_the_breaker_and_one_probe_closes_it() {
         let seen = get(&client, &corral.url(path)).await;
         assert_eq!(seen.status, StatusCode::OK);
     }
-    skip_time(Duration::from_secs(2)).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
 
     // The origin goes down hard: four failures open the breaker.
     down.store(true, Ordering::SeqCst);
@@ -249,7 +259,7 @@ async fn hard_down_origin_opens_the_breaker_and_one_probe_closes_it() {
     let seen = get(&client, &corral.url("/uncached/early")).await;
     assert_eq!(seen.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(origin.hits(), 6);
-    skip_time(OPEN_FOR).await;
+    tokio::time::advance(OPEN_FOR).await;
 
     // Half-open: exactly one probe goes through; others are still turned away.
     let probe = spawn_get(&client, &corral.url("/probe/1"));
@@ -298,7 +308,11 @@ async fn concurrency_limit_queues_then_sheds_and_the_origin_never_sees_more() {
          request_timeout = \"10m\"\ntimeout = \"5m\"\nfirst_byte_timeout = \"5m\"\n{NO_BREAKER}"
     );
     let routes = "[[route]]\nmatch = \"/\"\nttl = \"60s\"\nlock_timeout = \"10m\"\n";
-    let corral = support::start(support::config_with_origin(&origin, &origin_keys, routes)).await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(&origin_keys)
+        .toml(routes)
+        .start()
+        .await;
     let client = support::client();
 
     let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
@@ -362,12 +376,11 @@ async fn coalesced_followers_take_no_queue_place() {
     origin.always("/hot", Behaviour::gated(&gate, Reply::ok("hot")));
     // One slot and no queue: any second origin-bound request would be shed.
     let origin_keys = format!("max_concurrent = 1\nqueue_depth = 0\n{NO_BREAKER}");
-    let corral = support::start(support::config_with_origin(
-        &origin,
-        &origin_keys,
-        CACHE_ALL,
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(&origin_keys)
+        .toml(CACHE_ALL)
+        .start()
+        .await;
     let client = support::client();
 
     const CLIENTS: usize = 50;
@@ -392,7 +405,7 @@ async fn coalesced_followers_take_no_queue_place() {
     corral.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retry_after_on_429_stops_origin_requests_until_it_expires() {
     let origin = MockOrigin::start().await.unwrap();
     origin.on("/busy/", |seen| {
@@ -405,7 +418,11 @@ async fn retry_after_on_429_stops_origin_requests_until_it_expires() {
             Reply::ok("ok").into()
         }
     });
-    let corral = support::start(support::config_with_origin(&origin, NO_BREAKER, CACHE_ALL)).await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(NO_BREAKER)
+        .toml(CACHE_ALL)
+        .start()
+        .await;
     let client = support::client();
 
     let throttled = get(&client, &corral.url("/busy/a")).await;
@@ -426,14 +443,14 @@ async fn retry_after_on_429_stops_origin_requests_until_it_expires() {
     assert_eq!(posted.status, StatusCode::SERVICE_UNAVAILABLE, "{posted:?}");
     assert_eq!(origin.hits(), 1);
 
-    skip_time(Duration::from_secs(1)).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
     let after = get(&client, &corral.url("/busy/b")).await;
     assert_eq!(after.status, StatusCode::OK, "{after:?}");
     assert_eq!(origin.hits(), 2);
     corral.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_retried_503_waits_out_its_retry_after() {
     let origin = MockOrigin::start().await.unwrap();
     origin.on("/maint", |seen| {
@@ -448,12 +465,11 @@ async fn a_retried_503_waits_out_its_retry_after() {
     });
     let origin_keys =
         format!("retries = 1\nretry_budget = 1.0\nretry_backoff = \"1ms\"\n{NO_BREAKER}");
-    let corral = support::start(support::config_with_origin(
-        &origin,
-        &origin_keys,
-        CACHE_ALL,
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(&origin_keys)
+        .toml(CACHE_ALL)
+        .start()
+        .await;
     let client = support::client();
     let started = tokio::time::Instant::now();
     let seen = get(&client, &corral.url("/maint")).await;
@@ -467,7 +483,9 @@ async fn a_retried_503_waits_out_its_retry_after() {
     corral.shutdown().await;
 }
 
-#[tokio::test]
+/// On a paused clock, so the pause it starts reads exactly 60 s later on
+/// (on real time, a second lost between the two requests would make it 59).
+#[tokio::test(start_paused = true)]
 async fn a_503_retry_after_past_the_deadline_is_relayed_not_waited_for() {
     let origin = MockOrigin::start().await.unwrap();
     origin.always(
@@ -478,12 +496,11 @@ async fn a_503_retry_after_past_the_deadline_is_relayed_not_waited_for() {
     );
     let origin_keys =
         format!("retries = 3\nretry_budget = 1.0\nrequest_timeout = \"30s\"\n{NO_BREAKER}");
-    let corral = support::start(support::config_with_origin(
-        &origin,
-        &origin_keys,
-        CACHE_ALL,
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(&origin_keys)
+        .toml(CACHE_ALL)
+        .start()
+        .await;
     let client = support::client();
     let seen = get(&client, &corral.url("/maint")).await;
     assert_eq!(seen.status, StatusCode::SERVICE_UNAVAILABLE, "{seen:?}");
@@ -497,7 +514,7 @@ async fn a_503_retry_after_past_the_deadline_is_relayed_not_waited_for() {
     corral.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn route_timeouts_override_the_origin_ones() {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/slow/", Behaviour::Hang);
@@ -507,7 +524,11 @@ async fn route_timeouts_override_the_origin_ones() {
     );
     let routes = "[[route]]\nmatch = \"/slow/\"\nfirst_byte_timeout = \"100ms\"\n\
         [[route]]\nmatch = \"/tight/\"\nrequest_timeout = \"100ms\"\n";
-    let corral = support::start(support::config_with_origin(&origin, &origin_keys, routes)).await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(&origin_keys)
+        .toml(routes)
+        .start()
+        .await;
     let client = support::client();
 
     let slow = get(&client, &corral.url("/slow/1")).await;
@@ -530,12 +551,11 @@ async fn a_client_that_stops_reading_a_pass_holds_no_origin_slot() {
     origin.always("/big", Reply::ok(vec![b'x'; 32 * 1024 * 1024]));
     origin.always("/api/", Reply::ok("product"));
     let origin_keys = format!("max_concurrent = 1\nqueue_depth = 0\n{NO_BREAKER}");
-    let corral = support::start(support::config_with_origin(
-        &origin,
-        &origin_keys,
-        CACHE_ALL,
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(&origin_keys)
+        .toml(CACHE_ALL)
+        .start()
+        .await;
 
     // A pass (Cookie) for 32 MiB that its client never reads.
     let stalled = support::raw_request(corral.addr, "GET", "/big", &["Cookie: session=1"]).await;
@@ -571,7 +591,11 @@ async fn a_pass_429_with_retry_after_does_not_pause_cache_fills() {
             .header("retry-after", "30"),
     );
     origin.always("/api/", Reply::ok("product"));
-    let corral = support::start(support::config_with_origin(&origin, NO_BREAKER, CACHE_ALL)).await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(NO_BREAKER)
+        .toml(CACHE_ALL)
+        .start()
+        .await;
     let client = support::client();
 
     let login = send(client.post(corral.url("/login")).body("user=a")).await;
@@ -584,18 +608,17 @@ async fn a_pass_429_with_retry_after_does_not_pause_cache_fills() {
 
 /// Regression (review finding): an upload that takes longer than the
 /// first-byte timeout is bounded by the request deadline, not cut with 504.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_slow_upload_is_not_cut_by_the_first_byte_timeout() {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/upload", Reply::ok("stored"));
     let origin_keys =
         format!("first_byte_timeout = \"200ms\"\nrequest_timeout = \"30s\"\n{NO_BREAKER}");
-    let corral = support::start(support::config_with_origin(
-        &origin,
-        &origin_keys,
-        CACHE_ALL,
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(&origin_keys)
+        .toml(CACHE_ALL)
+        .start()
+        .await;
 
     // The client itself is slow: its second chunk leaves only when released.
     let (release, released) = tokio::sync::oneshot::channel::<()>();
@@ -616,7 +639,7 @@ async fn a_slow_upload_is_not_cut_by_the_first_byte_timeout() {
         metric(&corral, &in_flight) == Some(1.0)
     })
     .await;
-    skip_time(Duration::from_millis(600)).await;
+    tokio::time::advance(Duration::from_millis(600)).await;
     release.send(()).unwrap();
     let seen = upload.await.unwrap();
     assert_eq!(seen.status, StatusCode::OK, "{seen:?}");

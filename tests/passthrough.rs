@@ -4,7 +4,7 @@
 //! (DESIGN.md invariant 7).
 mod support;
 
-use support::{Seen, join_all, seen};
+use support::{Seen, Setup, join_all, seen};
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -35,7 +35,7 @@ async fn each_reaches_origin(
     let origin = MockOrigin::start().await.unwrap();
     let gate = Gate::new();
     origin.always(path, Behaviour::gated(&gate, Reply::ok("passed")));
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
     let url = corral.url(path);
 
@@ -147,7 +147,7 @@ async fn set_cookie_response_is_never_served_to_another_client() {
             Behaviour::gated(&gate, reply)
         });
     }
-    let corral = support::start(support::config(&origin, ROUTES)).await;
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
     let url = corral.url("/api/me");
     let metrics = corral.proxy.metrics();

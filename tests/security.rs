@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use corral::metrics::ClientLimit;
 use corral::testing::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
+use support::Setup;
 use support::raw_client::{BOUND, read_response, read_until_closed, send_raw};
 use support::raw_origin::{BodyMode, RawOrigin};
 
@@ -26,7 +27,7 @@ async fn raw_corral(
     toml: &str,
 ) -> (RawOrigin, support::TestProxy) {
     let origin = RawOrigin::start(mode, reply).await;
-    let corral = support::start(support::config_for_url(&origin.url(), toml)).await;
+    let corral = Setup::url(origin.url()).toml(toml).start().await;
     (origin, corral)
 }
 
@@ -52,7 +53,7 @@ async fn reflecting_origin() -> MockOrigin {
 /// A [`reflecting_origin`], corral in front of it configured with `toml`, and a client.
 async fn reflecting_corral(toml: &str) -> (MockOrigin, support::TestProxy, reqwest::Client) {
     let origin = reflecting_origin().await;
-    let corral = support::start(support::config(&origin, toml)).await;
+    let corral = Setup::origin(&origin).toml(toml).start().await;
     (origin, corral, support::client())
 }
 
@@ -343,7 +344,10 @@ async fn an_oversized_origin_head_is_a_502_never_stored() {
             .header("x-c", &big)
             .header("x-d", &big),
     );
-    let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
     let client = support::client();
     for expected_hits in [1, 2] {
         let seen = support::get(&client, &corral.url("/big")).await;
@@ -393,7 +397,10 @@ async fn concurrent_no_cache_requests_share_one_revalidation() {
             Behaviour::gated(&gate_for_script, reply)
         }
     });
-    let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
     let client = support::client();
     let url = corral.url("/hot");
     assert_eq!(support::get(&client, &url).await.status, 200);

@@ -9,7 +9,7 @@
 //! progress is read from counters.
 mod support;
 
-use support::{Seen, get, get_with, join_all, send, spawn_get};
+use support::{Seen, Setup, get, get_with, join_all, send, spawn_get};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +34,14 @@ const PAUSED_ORIGIN: &str = "timeout = \"1h\"\nfirst_byte_timeout = \"1h\"\n\
 
 /// Client-side timers likewise out of the way of `advance`.
 const PAUSED_SERVER: &str = "[server]\nidle_timeout = \"1h\"\nheader_read_timeout = \"1h\"\n";
+
+/// Corral in front of `origin` for a paused-clock test: [`PAUSED_ORIGIN`] and
+/// [`PAUSED_SERVER`], to which the test adds its routes.
+fn paused(origin: &MockOrigin) -> Setup {
+    Setup::origin(origin)
+        .origin_keys(PAUSED_ORIGIN)
+        .toml(PAUSED_SERVER)
+}
 
 fn is_hit(seen: &Seen) -> bool {
     seen.cache_status.starts_with("corral; hit") && !seen.cache_status.contains("detail=")
@@ -95,8 +103,10 @@ async fn stale_entry_is_revalidated_and_a_304_renews_it() {
             }
         });
     }
-    let routes = format!("{PAUSED_SERVER}[[route]]\nmatch = \"/\"\nttl = \"10s\"\n");
-    let corral = support::start(support::config_with_origin(&origin, PAUSED_ORIGIN, &routes)).await;
+    let corral = paused(&origin)
+        .toml("[[route]]\nmatch = \"/\"\nttl = \"10s\"\n")
+        .start()
+        .await;
     let client = support::client();
     let url = corral.url("/rev");
 
@@ -159,9 +169,10 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
             }
         });
     }
-    let routes =
-        format!("{PAUSED_SERVER}[[route]]\nname = \"swr\"\nmatch = \"/\"\nttl = \"10s\"\n");
-    let corral = support::start(support::config_with_origin(&origin, PAUSED_ORIGIN, &routes)).await;
+    let corral = paused(&origin)
+        .toml("[[route]]\nname = \"swr\"\nmatch = \"/\"\nttl = \"10s\"\n")
+        .start()
+        .await;
     let client = support::client();
     let url = corral.url("/swr");
     assert_eq!(get(&client, &url).await.text(), "v1");
@@ -247,12 +258,14 @@ async fn stale_if_error_serves_the_stored_answer_while_the_origin_fails() {
             }
         }
     });
-    let routes = format!(
-        "{PAUSED_SERVER}[[route]]\nmatch = \"/sie/route\"\nstale_if_error = \"300s\"\n\
-         [[route]]\nmatch = \"/sie/slow\"\nfirst_byte_timeout = \"2s\"\n\
-         [[route]]\nmatch = \"/\"\n"
-    );
-    let corral = support::start(support::config_with_origin(&origin, PAUSED_ORIGIN, &routes)).await;
+    let corral = paused(&origin)
+        .toml(
+            "[[route]]\nmatch = \"/sie/route\"\nstale_if_error = \"300s\"\n\
+             [[route]]\nmatch = \"/sie/slow\"\nfirst_byte_timeout = \"2s\"\n\
+             [[route]]\nmatch = \"/\"\n",
+        )
+        .start()
+        .await;
     let client = support::client();
     for path in ["/sie/origin", "/sie/route", "/sie/strict", "/sie/slow"] {
         assert_eq!(get(&client, &corral.url(path)).await.status, StatusCode::OK);
@@ -321,7 +334,10 @@ fn by_language(origin: &MockOrigin, path: &str) {
 async fn vary_keeps_variants_apart() {
     let origin = MockOrigin::start().await.unwrap();
     by_language(&origin, "/greeting");
-    let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
     let client = support::client();
     let url = corral.url("/greeting");
 
@@ -364,7 +380,10 @@ async fn vary_star_is_never_served_from_cache() {
             .header("cache-control", "max-age=60")
             .into()
     });
-    let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
     let client = support::client();
     for nth in 1..=3 {
         let seen = get(&client, &corral.url("/star")).await;
@@ -381,7 +400,7 @@ async fn variants_per_url_are_capped_dropping_the_oldest() {
     let origin = MockOrigin::start().await.unwrap();
     by_language(&origin, "/capped");
     let config = "[cache]\nmax_variants = 2\n[[route]]\nmatch = \"/\"\n";
-    let corral = support::start(support::config(&origin, config)).await;
+    let corral = Setup::origin(&origin).toml(config).start().await;
     let client = support::client();
     let url = corral.url("/capped");
     let key = key(&corral, "/capped");
@@ -423,7 +442,10 @@ async fn successful_unsafe_requests_invalidate_the_url_and_its_location() {
                 .into(),
         }
     });
-    let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
     let client = support::client();
     let paths = ["/items", "/items/1", "/items/2"];
     for path in paths {
@@ -467,7 +489,10 @@ async fn client_conditionals_are_answered_304_from_the_cache() {
                 .into()
         });
     }
-    let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
     let client = support::client();
 
     // Even a miss answers the client's conditional, after a fill that did not carry it.
@@ -510,7 +535,10 @@ async fn only_if_cached_gets_504_when_nothing_usable_is_stored() {
         "/oic",
         Reply::ok("stored").header("cache-control", "max-age=60"),
     );
-    let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
     let client = support::client();
     let url = corral.url("/oic");
     let only = [("cache-control", "only-if-cached")];
@@ -561,7 +589,10 @@ async fn max_age_zero_and_pragma_no_cache_requests_revalidate() {
             }
         });
     }
-    let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
     let client = support::client();
     let url = corral.url("/check");
     assert!(is_leader_miss(&get(&client, &url).await));
@@ -596,7 +627,7 @@ async fn not_found_is_cached_only_with_a_negative_ttl() {
     });
     let routes = "[[route]]\nmatch = \"/negative/\"\nnegative_ttl = \"30s\"\n\
                   [[route]]\nmatch = \"/\"\n";
-    let corral = support::start(support::config(&origin, routes)).await;
+    let corral = Setup::origin(&origin).toml(routes).start().await;
     let client = support::client();
 
     for nth in 1..=2 {
@@ -631,11 +662,13 @@ async fn route_ttl_overrides_the_origin_only_with_override_origin() {
             .header("cache-control", "max-age=600")
             .into()
     });
-    let routes = format!(
-        "{PAUSED_SERVER}[[route]]\nmatch = \"/override/\"\nttl = \"5s\"\noverride_origin = true\n\
-         [[route]]\nmatch = \"/\"\nttl = \"5s\"\n"
-    );
-    let corral = support::start(support::config_with_origin(&origin, PAUSED_ORIGIN, &routes)).await;
+    let corral = paused(&origin)
+        .toml(
+            "[[route]]\nmatch = \"/override/\"\nttl = \"5s\"\noverride_origin = true\n\
+             [[route]]\nmatch = \"/\"\nttl = \"5s\"\n",
+        )
+        .start()
+        .await;
     let client = support::client();
     for path in ["/override/a", "/default/a"] {
         assert!(is_leader_miss(&get(&client, &corral.url(path)).await));
@@ -670,8 +703,10 @@ async fn route_ttl_is_the_default_and_upstream_age_counts() {
             .header("age", "50")
             .into()
     });
-    let routes = format!("{PAUSED_SERVER}[[route]]\nmatch = \"/\"\nttl = \"20s\"\n");
-    let corral = support::start(support::config_with_origin(&origin, PAUSED_ORIGIN, &routes)).await;
+    let corral = paused(&origin)
+        .toml("[[route]]\nmatch = \"/\"\nttl = \"20s\"\n")
+        .start()
+        .await;
     let client = support::client();
     for path in ["/silent", "/aged"] {
         assert!(is_leader_miss(&get(&client, &corral.url(path)).await));
@@ -703,7 +738,7 @@ async fn heuristic_freshness_applies_only_where_the_route_enables_it() {
     });
     let routes = "[[route]]\nmatch = \"/guess/\"\nttl = \"0s\"\nheuristic = true\nheuristic_max = \"1h\"\n\
                   [[route]]\nmatch = \"/\"\nttl = \"0s\"\n";
-    let corral = support::start(support::config(&origin, routes)).await;
+    let corral = Setup::origin(&origin).toml(routes).start().await;
     let client = support::client();
     for path in ["/guess/a", "/exact/a"] {
         assert!(is_leader_miss(&get(&client, &corral.url(path)).await));
@@ -744,7 +779,10 @@ async fn targeted_cache_control_governs_and_corral_cache_control_stays_private()
             .header("corral-cache-control", "private")
             .into()
     });
-    let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
     let client = support::client();
     for (path, body) in [
         ("/targeted/corral", "corral #1"),
@@ -789,13 +827,14 @@ async fn hit_for_pass_lets_a_burst_reach_the_origin_concurrently() {
     }
     // Room for the whole burst at the origin, and time limits a loaded
     // machine opening 1,600 loopback connections cannot hit.
-    let config = support::config_with_origin(
-        &origin,
-        "max_concurrent = 1024\nretries = 0\nconnect_timeout = \"30s\"\n\
-         first_byte_timeout = \"60s\"\ntimeout = \"60s\"\nrequest_timeout = \"60s\"\n",
-        "[[route]]\nmatch = \"/\"\nhit_for_pass = \"5m\"\n",
-    );
-    let corral = support::start(config).await;
+    let corral = Setup::origin(&origin)
+        .origin_keys(
+            "max_concurrent = 1024\nretries = 0\nconnect_timeout = \"30s\"\n\
+             first_byte_timeout = \"60s\"\ntimeout = \"60s\"\nrequest_timeout = \"60s\"\n",
+        )
+        .toml("[[route]]\nmatch = \"/\"\nhit_for_pass = \"5m\"\n")
+        .start()
+        .await;
     let client = support::client();
     let url = corral.url("/personal");
 
@@ -885,11 +924,10 @@ async fn large_response_streams_through_without_being_stored() {
             }
         });
     }
-    let corral = support::start(support::config(
-        &origin,
-        "[cache]\nmax_object_size = \"8MiB\"\n[[route]]\nmatch = \"/\"\n",
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .toml("[cache]\nmax_object_size = \"8MiB\"\n[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
     let client = support::client();
     let cache = corral.proxy.cache();
 

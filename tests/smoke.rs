@@ -1,17 +1,18 @@
 //! The harness itself works: one miss then one hit through real sockets.
 mod support;
 
+use support::Setup;
+
 use corral::testing::mock_origin::{MockOrigin, Reply};
 
 #[tokio::test]
 async fn miss_then_hit_through_real_sockets() {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/p", Reply::ok("hello"));
-    let corral = support::start(support::config(
-        &origin,
-        "[[route]]\nmatch = \"/\"\nttl = \"60s\"\n",
-    ))
-    .await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\nttl = \"60s\"\n")
+        .start()
+        .await;
     let client = support::client();
 
     let first = client.get(corral.url("/p")).send().await.unwrap();
@@ -39,7 +40,10 @@ async fn miss_then_hit_through_real_sockets() {
 async fn h2c_prior_knowledge_is_served_and_shares_the_cache() {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/p", Reply::ok("over h2"));
-    let corral = support::start(support::config(&origin, "[[route]]\nmatch = \"/\"\n")).await;
+    let corral = Setup::origin(&origin)
+        .toml("[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
     let h2 = support::h2_client();
 
     let first = h2.get(corral.url("/p")).send().await.unwrap();

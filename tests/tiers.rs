@@ -2,24 +2,23 @@
 //! cache stand in for a fleet sharing an L2. What one instance stores, the
 //! other serves without the origin; what may not be shared never reaches the
 //! shared tier. The request path is the same with or without the tier.
+mod support;
 
-use std::path::Path;
+use support::Setup;
+
 use std::sync::Arc;
 
 use corral::Corral;
 use corral::cache::{HotCache, Tier};
-use corral::config::Config;
 use corral::testing::mock_origin::{MockOrigin, Reply};
 use tokio::net::TcpListener;
 
 /// A corral instance on ephemeral ports in front of `origin`, with `shared`
 /// as its tier beyond the process. Returns its proxy address.
 async fn instance(origin: &MockOrigin, shared: Arc<dyn Tier>) -> std::net::SocketAddr {
-    let text = format!(
-        "[origin]\nurl = \"{}\"\n[[route]]\nmatch = \"/\"\n",
-        origin.url()
-    );
-    let config = Config::parse(&text, Path::new("tiers.toml")).expect("valid config");
+    let config = Setup::origin(origin)
+        .toml("[[route]]\nmatch = \"/\"\n")
+        .config();
     let corral = Corral::with_shared_tier(&config, Some(shared)).expect("corral builds");
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
     let admin = TcpListener::bind(("127.0.0.1", 0))

@@ -87,13 +87,32 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// `response`, labelled and headed by `status`.
+    /// `response`, labelled by `status`, whose `Cache-Status` member it
+    /// carries last: after any members the origin (or a cache before it)
+    /// sent, as RFC 9211 §2 orders them, and exactly once.
     pub fn new(mut response: Response<ProxyBody>, status: CacheStatus) -> Answer {
-        response
-            .headers_mut()
-            .insert(CACHE_STATUS.clone(), status.header());
+        let ours = status.header();
+        let headers = response.headers_mut();
+        let value = if headers.contains_key(&CACHE_STATUS) {
+            after_upstream(headers, &ours)
+        } else {
+            ours
+        };
+        headers.insert(CACHE_STATUS.clone(), value);
         Answer { response, status }
     }
+}
+
+/// The upstream `Cache-Status` lines of `headers` joined into one list, with
+/// `ours` appended as its last member.
+fn after_upstream(headers: &http::HeaderMap, ours: &HeaderValue) -> HeaderValue {
+    let mut joined = Vec::with_capacity(128);
+    for line in headers.get_all(&CACHE_STATUS) {
+        joined.extend_from_slice(line.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(ours.as_bytes());
+    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| ours.clone())
 }
 
 /// A fresh stored response, rendered for this request.
@@ -310,6 +329,30 @@ pub fn cache_status_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corrals_member_comes_last_after_the_upstream_ones_and_once() {
+        let mut response = Response::new(ProxyBody::empty());
+        let headers = response.headers_mut();
+        headers.append("cache-status", HeaderValue::from_static("origin-cdn; hit"));
+        headers.append("cache-status", HeaderValue::from_static("edge; fwd=miss"));
+        let answer = Answer::new(response, CacheStatus::of(CacheOutcome::Coalesced));
+        let lines: Vec<_> = answer
+            .response
+            .headers()
+            .get_all("cache-status")
+            .iter()
+            .collect();
+        assert_eq!(
+            lines,
+            ["origin-cdn; hit, edge; fwd=miss, corral; fwd=miss; collapsed"]
+        );
+        let plain = Answer::new(
+            Response::new(ProxyBody::empty()),
+            CacheStatus::of(CacheOutcome::Hit),
+        );
+        assert_eq!(plain.response.headers()["cache-status"], "corral; hit");
+    }
 
     /// The header of an answer fetched from the origin, which answered `fwd`.
     fn fetched(outcome: CacheOutcome, fwd: Option<StatusCode>, stored: bool) -> HeaderValue {

@@ -1,5 +1,6 @@
-//! Shared harness for integration tests: corral started in-process on
-//! ephemeral loopback ports in front of a [`MockOrigin`], and a plain client.
+//! Shared harness for integration tests: corral configured with [`Setup`] and
+//! started in-process on ephemeral loopback ports in front of a
+//! [`MockOrigin`] (or any origin URL), and a plain client.
 #![allow(dead_code)]
 
 pub mod raw_client;
@@ -70,35 +71,104 @@ impl Drop for TestProxy {
     }
 }
 
-/// Parses `toml` (an `[origin]` table is prepended, pointing at `origin`)
-/// into a config. Listen addresses are ignored by [`start`].
-pub fn config(origin: &MockOrigin, toml: &str) -> Config {
-    let text = format!("[origin]\nurl = \"{}\"\n{toml}", origin.url());
-    Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
+/// The one way tests configure corral: the origin it fronts, extra keys for
+/// the `[origin]` table, and the rest of the TOML.
+///
+/// ```ignore
+/// let corral = Setup::origin(&origin)
+///     .origin_keys("timeout = \"300ms\"\nretries = 0")
+///     .toml("[[route]]\nmatch = \"/\"\nttl = \"60s\"")
+///     .start()
+///     .await;
+/// ```
+///
+/// The text it parses is `[origin]`, `url = "…"`, every `origin_keys` chunk,
+/// then every `toml` chunk, each on lines of its own; so `toml` may open any
+/// table, including `[server]`. Listen addresses in it are ignored by
+/// [`Setup::start`], which binds ephemeral loopback ports.
+#[derive(Clone, Debug)]
+#[must_use = "a Setup does nothing until .config(), .text() or .start()"]
+pub struct Setup {
+    url: String,
+    origin_keys: String,
+    toml: String,
 }
 
-/// Starts corral on ephemeral loopback ports with `config`.
-pub async fn start(config: Config) -> TestProxy {
-    let listener = TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .expect("bind proxy");
-    let admin = TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .expect("bind admin");
-    let addr = listener.local_addr().expect("proxy addr");
-    let admin_addr = admin.local_addr().expect("admin addr");
-    let corral = Corral::new(&config).expect("corral builds");
-    let proxy = corral.proxy().clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(corral.serve(listener, admin, async move {
-        let _ = stopped.await;
-    }));
-    TestProxy {
-        addr,
-        admin: admin_addr,
-        proxy,
-        stop: Some(stop),
-        task: Some(task),
+impl Setup {
+    /// Corral in front of `origin` (its `url()`).
+    pub fn origin(origin: &MockOrigin) -> Setup {
+        Setup::url(origin.url())
+    }
+
+    /// Corral in front of the origin at `url`, for origins other than
+    /// [`MockOrigin`] (a raw TCP listener a test scripts byte by byte).
+    pub fn url(url: impl Into<String>) -> Setup {
+        Setup {
+            url: url.into(),
+            origin_keys: String::new(),
+            toml: String::new(),
+        }
+    }
+
+    /// Adds `keys` (TOML lines such as `timeout = "300ms"`) to the `[origin]`
+    /// table. Each call adds to what earlier calls gave.
+    pub fn origin_keys(mut self, keys: &str) -> Setup {
+        push_lines(&mut self.origin_keys, keys);
+        self
+    }
+
+    /// Adds `toml` (tables such as `[server]` and `[[route]]`) after the
+    /// `[origin]` table. Each call adds to what earlier calls gave.
+    pub fn toml(mut self, toml: &str) -> Setup {
+        push_lines(&mut self.toml, toml);
+        self
+    }
+
+    /// The whole config text, as a config file would hold it.
+    pub fn text(&self) -> String {
+        format!(
+            "[origin]\nurl = \"{}\"\n{}{}",
+            self.url, self.origin_keys, self.toml
+        )
+    }
+
+    /// The parsed config; panics if it is not valid.
+    pub fn config(&self) -> Config {
+        Config::parse(&self.text(), Path::new("test.toml")).expect("test config is valid")
+    }
+
+    /// Starts corral with this config on ephemeral loopback ports (listen
+    /// addresses in the config are ignored).
+    pub async fn start(&self) -> TestProxy {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind proxy");
+        let admin = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind admin");
+        let addr = listener.local_addr().expect("proxy addr");
+        let admin_addr = admin.local_addr().expect("admin addr");
+        let corral = Corral::new(&self.config()).expect("corral builds");
+        let proxy = corral.proxy().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(corral.serve(listener, admin, async move {
+            let _ = stopped.await;
+        }));
+        TestProxy {
+            addr,
+            admin: admin_addr,
+            proxy,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+/// Appends `lines` to `text`, ending them with a newline.
+fn push_lines(text: &mut String, lines: &str) {
+    text.push_str(lines);
+    if !lines.is_empty() && !lines.ends_with('\n') {
+        text.push('\n');
     }
 }
 
@@ -132,29 +202,24 @@ pub fn cache_status(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
-/// Like [`config`], with `origin_keys` (TOML lines such as `timeout = "300ms"`)
-/// added to the `[origin]` table before `toml`.
-pub fn config_with_origin(origin: &MockOrigin, origin_keys: &str, toml: &str) -> Config {
-    let text = format!(
-        "[origin]\nurl = \"{}\"\n{origin_keys}\n{toml}",
-        origin.url()
-    );
-    Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
-}
-
 /// Waits until `condition` (a gauge or counter of the system under test)
 /// holds, checking it again each time the runtime has run the other tasks;
 /// panics naming `what` if it still does not hold after `within`. It never
 /// sleeps: the wait ends as soon as the counter moves.
+///
+/// `within` is measured on the real clock, so it bounds the wait on a paused
+/// tokio clock too. There, time stands still while this waits (a task is
+/// always ready, so tokio never auto-advances): a condition that needs one of
+/// corral's timers to fire must follow a `tokio::time::advance`.
 pub async fn wait_until(
     what: &str,
     within: std::time::Duration,
     mut condition: impl FnMut() -> bool,
 ) {
-    let deadline = tokio::time::Instant::now() + within;
+    let deadline = std::time::Instant::now() + within;
     while !condition() {
         assert!(
-            tokio::time::Instant::now() < deadline,
+            std::time::Instant::now() < deadline,
             "timed out after {within:?} waiting until {what}"
         );
         tokio::task::yield_now().await;
@@ -185,13 +250,6 @@ pub async fn raw_request(
         .await
         .expect("write request head");
     stream
-}
-
-/// Parses `toml` with an `[origin]` table pointing at `url` (for origins other
-/// than [`MockOrigin`], such as a bare TCP listener a test scripts byte by byte).
-pub fn config_for_url(url: &str, toml: &str) -> Config {
-    let text = format!("[origin]\nurl = \"{url}\"\n{toml}");
-    Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
 }
 
 /// What one client saw: status, `Cache-Status`, headers, and the body or why
