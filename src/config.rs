@@ -487,9 +487,10 @@ pub struct RouteConfig {
     /// Longest heuristic freshness.
     #[serde(default = "default_heuristic_max", with = "humantime_serde")]
     pub heuristic_max: Duration,
-    /// When set, 404 and 410 answers are stored with this freshness (unless
-    /// the origin says otherwise, or with `override_origin` regardless).
-    /// Unset: they are never stored.
+    /// When set, 404 and 410 answers that carry no freshness of their own are
+    /// stored with this one (with `override_origin`, every 404 and 410).
+    /// Unset: a 404 or 410 is stored only when the origin gives it explicit
+    /// freshness, as any other final status (RFC 9111 §3).
     #[serde(default, with = "humantime_serde")]
     pub negative_ttl: Option<Duration>,
     /// Stale-while-revalidate window (RFC 5861) for responses whose origin
@@ -580,8 +581,9 @@ pub struct FreshnessPolicy {
     pub heuristic: bool,
     /// The longest heuristic lifetime.
     pub heuristic_max: Duration,
-    /// Lifetime of 404 and 410 responses; `None` means they are never stored
-    /// (errors are only cached when a route asks for negative caching).
+    /// Lifetime of 404 and 410 responses without freshness of their own;
+    /// `None`: such answers are not stored (an error with explicit freshness
+    /// is, for that long).
     pub negative_ttl: Option<Duration>,
     /// Stale-while-revalidate window used when the origin sends none.
     pub stale_while_revalidate: Option<Duration>,

@@ -1,10 +1,9 @@
 //! Validator grammar (RFC 9110 §8.8): entity-tags and the lists of them that
-//! `If-None-Match` carries, and HTTP-dates in validator fields. Pure grammar:
+//! `If-None-Match` carries. HTTP-dates (`Last-Modified`, `If-Modified-Since`)
+//! are read by [`super::date`], like every other date field. Pure grammar:
 //! which validator applies when is `cache::policy`'s to decide.
 
-use std::time::SystemTime;
-
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap};
 
 /// An entity-tag (RFC 9110 §8.8.3), borrowed from a header value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +70,4 @@ pub fn entity_tag_list(value: &str) -> Option<Vec<EntityTag<'_>>> {
             return None;
         }
     }
-}
-
-/// The first line of an HTTP-date field, if it parses.
-pub fn header_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
-    let value = headers.get(name)?.to_str().ok()?;
-    httpdate::parse_http_date(value.trim()).ok()
 }

@@ -309,7 +309,7 @@ pub struct RequestDirectives {
     /// `min-fresh`: the freshness the response must still have left.
     pub min_fresh: Option<Duration>,
     /// `only-if-cached`: answer from the cache or with 504, never from the
-    /// origin. [`reuse`] does not look at it; the caller acts on it.
+    /// origin. `cache::policy::reuse` does not look at it; the caller acts on it.
     pub only_if_cached: bool,
 }
 

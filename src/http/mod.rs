@@ -4,6 +4,7 @@
 //! [`structured`] fields) and validators ([`conditional`]).
 
 pub mod conditional;
+pub mod date;
 pub mod directives;
 pub mod structured;
 

@@ -105,8 +105,8 @@ impl RetryBudget {
 }
 
 /// Parses a `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an
-/// HTTP-date in any of the three forms a recipient must accept (parsed by
-/// `httpdate`), read against the wall clock `now`. A date in the past means no
+/// HTTP-date in any of the three forms a recipient must accept, in any case
+/// ([`crate::http::date::parse_http_date`]), read against the wall clock `now`. A date in the past means no
 /// wait. `None` for anything else.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -114,7 +114,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         // All digits: only an absurdly long value fails to parse; treat it as "very long".
         return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
     }
-    let date = httpdate::parse_http_date(value).ok()?;
+    let date = crate::http::date::parse_http_date(value)?;
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 

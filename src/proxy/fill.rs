@@ -307,7 +307,11 @@ impl Fill {
             timing,
             &self.route.freshness,
         ));
-        let stored = verdict.shareability == Shareability::Store;
+        // A server error answering for a stale entry never replaces it, even
+        // with explicit freshness: stale-if-error may still serve the stale
+        // one, and a stored error would answer everyone for its lifetime.
+        let replaces_stale_with_error = status.is_server_error() && self.stale.is_some();
+        let stored = verdict.shareability == Shareability::Store && !replaces_stale_with_error;
         if stored {
             self.store(publish.key(), &entry).await;
         } else {

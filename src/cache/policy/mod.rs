@@ -36,10 +36,29 @@
 //! where you can". Overriding never makes an unstorable response storable
 //! ([`not_storable_reason`] is separate).
 //!
-//! An `Age` that is not a single delta-seconds value makes the response
-//! stale (RFC 9111 §5.1); of several `Age` lines the first is used. Several
-//! differing `Expires` lines, or an invalid one (e.g. `0`), also mean
-//! "already expired".
+//! A list-valued `Age` (`Age: 5, 7`, or several `Age` lines) counts as its
+//! first member; an invalid one (`-5`, `1.5`, `5s`, text, empty) is ignored,
+//! as if the response had no `Age` (RFC 9111 §5.1, [`age_value`]). Several
+//! differing `Expires` lines, or an invalid one (e.g. `0`), mean "already
+//! expired" (RFC 9111 §5.3). Every HTTP-date (`Date`, `Expires`,
+//! `Last-Modified`, `If-Modified-Since`) is read by
+//! [`crate::http::date::parse_http_date`]: any of the three forms, in any
+//! case.
+//!
+//! # Which statuses are stored
+//!
+//! [`not_storable_reason`] stores a final status other than 206 and 304 when
+//! something gives it freshness (RFC 9111 §3):
+//!
+//! - 2xx and 3xx: explicit freshness, a heuristically cacheable status,
+//!   `public`, or the route's `ttl` for a 200;
+//! - 404 and 410: explicit freshness, or the route's `negative_ttl`;
+//! - any other 4xx or 5xx: explicit freshness only (`s-maxage`, `max-age`,
+//!   or `Expires` when no targeted field governs), stored for as long as it
+//!   says.
+//!
+//! 1xx are not final, and codes outside 100–599 are not HTTP status codes
+//! (RFC 9110 §15): neither is stored.
 //!
 //! # Serving stale
 //!
@@ -60,7 +79,8 @@ use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use crate::config::FreshnessPolicy;
-use crate::http::conditional::{entity_tag_list, header_date, stored_etag};
+use crate::http::conditional::{entity_tag_list, stored_etag};
+use crate::http::date::{header_date, parse_http_date};
 use crate::http::directives::{
     CDN_CACHE_CONTROL, DELTA_SECONDS_MAX, MaxStale, RequestDirectives, ResponseDirectives,
     delta_seconds, join_lines, list_members_of,
@@ -191,10 +211,7 @@ enum Expires {
 fn expires(headers: &HeaderMap) -> Expires {
     let mut found = Expires::Absent;
     for value in headers.get_all(header::EXPIRES) {
-        let parsed = value
-            .to_str()
-            .ok()
-            .and_then(|v| httpdate::parse_http_date(v.trim()).ok());
+        let parsed = value.to_str().ok().and_then(parse_http_date);
         found = match (found, parsed) {
             (_, None) | (Expires::Expired, _) => return Expires::Expired,
             (Expires::Absent, Some(at)) => Expires::At(at),
@@ -237,25 +254,37 @@ pub fn corrected_age_value(
 /// §4.2.3) for a response whose request left at `request_time` and which
 /// arrived at `response_time` (local clock) / `received_at` (wall clock).
 ///
-/// An `Age` that is not one delta-seconds value (a list, a negative number,
-/// text) counts as [`DELTA_SECONDS_MAX`], making the response stale (RFC 9111
-/// §5.1); of several `Age` lines only the first is used.
+/// `age_value` is the response's `Age` as [`age_value`] reads it: the first
+/// member of a list, and zero (as if absent) when that is not one
+/// delta-seconds value (RFC 9111 §5.1).
 pub fn corrected_initial_age(
     headers: &HeaderMap,
     request_time: Instant,
     response_time: Instant,
     received_at: SystemTime,
 ) -> Duration {
-    let age_value = match headers.get(header::AGE) {
-        None => Duration::ZERO,
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| delta_seconds(v.trim()))
-            .unwrap_or(DELTA_SECONDS_MAX),
-    };
+    let age_value = age_value(headers).unwrap_or(Duration::ZERO);
     let apparent = apparent_age(header_date(headers, &header::DATE), received_at);
     apparent.max(corrected_age_value(age_value, request_time, response_time))
+}
+
+/// The `Age` a response carries (RFC 9111 §5.1), or `None` when it has none
+/// or it is invalid, which a cache should ignore as if absent.
+///
+/// `Age` is a singleton, but a list-valued one (`Age: 5, 7`, or two `Age`
+/// lines) uses its first member, discarding the rest; empty list members are
+/// skipped (RFC 9110 §5.6.1). That member must be delta-seconds (`1*DIGIT`,
+/// saturating at [`DELTA_SECONDS_MAX`]): a sign, a fraction, a unit (`5s`)
+/// or text make the field invalid, and so does a first line that is not
+/// visible ASCII. Later members are never consulted for an invalid first one.
+pub fn age_value(headers: &HeaderMap) -> Option<Duration> {
+    for line in headers.get_all(header::AGE) {
+        let line = line.to_str().ok()?;
+        if let Some(first) = line.split(',').map(str::trim).find(|m| !m.is_empty()) {
+            return delta_seconds(first);
+        }
+    }
+    None
 }
 
 /// `current_age = corrected_initial_age + (now − response_time)` (RFC 9111
@@ -292,8 +321,9 @@ pub fn fresh_until(
 pub enum NotStorable {
     /// The request method is not GET (a HEAD is answered from a stored GET).
     Method,
-    /// The status is not one corral stores: non-final, 206, 304, an error
-    /// other than 404/410, or 404/410 without negative caching.
+    /// The status is not one corral stores: non-final (1xx), 206, 304, a
+    /// code outside 100–599, or a 4xx/5xx without explicit freshness (for
+    /// 404/410: without it and without the route's `negative_ttl`).
     Status,
     /// `no-store` in the request or the response.
     NoStore,
@@ -330,7 +360,9 @@ impl NotStorable {
 /// Why a shared cache must not store this response to this request (RFC 9111
 /// §3, §3.5), or `None` when it may. Stricter than the RFC where corral's
 /// policy is: only GET; never `Set-Cookie` or `Vary: *`; never 206 (corral
-/// does not combine ranges); errors only as 404/410 with a `negative_ttl`.
+/// does not combine ranges); a 4xx or 5xx only with explicit freshness
+/// (`s-maxage`, `max-age`, or `Expires` when no targeted field governs), or
+/// as a 404/410 with the route's `negative_ttl` (see the module docs).
 ///
 /// `response` must be [`ResponseDirectives::from_headers`] of
 /// `response_headers`, so a targeted field governs `no-store` and `private`.
@@ -346,7 +378,8 @@ pub fn not_storable_reason(
     if method != Method::GET {
         return Some(NotStorable::Method);
     }
-    if !is_storable_status(status, policy) {
+    let explicit = response.has_explicit_freshness(response_headers);
+    if !is_storable_status(status, explicit, policy) {
         return Some(NotStorable::Status);
     }
     if request.no_store {
@@ -369,21 +402,24 @@ pub fn not_storable_reason(
         StatusCode::NOT_FOUND | StatusCode::GONE => policy.negative_ttl.is_some(),
         _ => false,
     };
-    let cacheable = response.has_explicit_freshness(response_headers)
-        || is_heuristically_cacheable(status)
-        || response.public
-        || route_ttl;
+    let cacheable = explicit || is_heuristically_cacheable(status) || response.public || route_ttl;
     if !cacheable {
         return Some(NotStorable::NoFreshness);
     }
     None
 }
 
-fn is_storable_status(status: StatusCode, policy: &FreshnessPolicy) -> bool {
+/// Whether corral stores responses with `status` at all (RFC 9111 §3: a final
+/// status it understands), given whether the response carries `explicit`
+/// freshness in its governing field. The other conditions follow in
+/// [`not_storable_reason`].
+fn is_storable_status(status: StatusCode, explicit: bool, policy: &FreshnessPolicy) -> bool {
     match status.as_u16() {
-        404 | 410 => policy.negative_ttl.is_some(),
         206 | 304 => false,
         200..=399 => true,
+        404 | 410 => explicit || policy.negative_ttl.is_some(),
+        400..=599 => explicit,
+        // 1xx are interim; codes outside 100–599 are not HTTP's (RFC 9110 §15).
         _ => false,
     }
 }
@@ -553,11 +589,7 @@ pub fn client_not_modified(
     let (Some(line), None) = (lines.next(), lines.next()) else {
         return false;
     };
-    let Some(since) = line
-        .to_str()
-        .ok()
-        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
-    else {
+    let Some(since) = line.to_str().ok().and_then(parse_http_date) else {
         return false;
     };
     let modified = header_date(stored, &header::LAST_MODIFIED)

@@ -119,6 +119,11 @@ fn commas_inside_quoted_arguments_do_not_split_directives() {
     );
 }
 
+/// The `max-age` a response with one `name: value` line is read to carry.
+fn max_age_of(name: &str, value: &str) -> Option<Duration> {
+    directives(&[(name, value)]).max_age
+}
+
 #[test]
 fn directives_span_multiple_header_lines() {
     let parsed = directives(&[
@@ -145,8 +150,10 @@ fn conflicting_duplicate_max_age_makes_the_response_stale() {
 
 #[test]
 fn identical_duplicate_max_age_is_not_a_conflict() {
-    let parsed = directives(&[("cache-control", "max-age=60, max-age=\"60\"")]);
-    assert_eq!(parsed.max_age, Some(secs(60)));
+    assert_eq!(
+        max_age_of("cache-control", "max-age=60, max-age=\"60\""),
+        Some(secs(60))
+    );
 }
 
 #[test]
@@ -283,8 +290,10 @@ fn invalid_or_empty_targeted_field_is_ignored() {
 
 #[test]
 fn targeted_field_duplicate_keys_keep_the_last() {
-    let parsed = directives(&[("cdn-cache-control", "max-age=60, max-age=600")]);
-    assert_eq!(parsed.max_age, Some(secs(600)));
+    assert_eq!(
+        max_age_of("cdn-cache-control", "max-age=60, max-age=600"),
+        Some(secs(600))
+    );
 }
 
 #[test]
@@ -469,6 +478,142 @@ fn invalid_expires_means_already_expired() {
         assert_eq!(
             lifetime(200, &[("expires", bad)], &policy()),
             life(0, LifetimeSource::Expires),
+            "{bad:?}"
+        );
+    }
+}
+
+/// The RFC 9110 §5.6.7 example instant, `Sun, 06 Nov 1994 08:49:37 GMT`,
+/// plus `offset` seconds.
+fn rfc_example(offset: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + secs(784_111_777 + offset)
+}
+
+/// The RFC's example date in all three forms, in the case sent and in others.
+const RFC_EXAMPLE_DATES: [&str; 9] = [
+    "Sun, 06 Nov 1994 08:49:37 GMT",
+    "Sunday, 06-Nov-94 08:49:37 GMT",
+    "Sun Nov  6 08:49:37 1994",
+    "sun, 06 nov 1994 08:49:37 gmt",
+    "SUN, 06 NOV 1994 08:49:37 GMT",
+    "sunday, 06-nov-94 08:49:37 gmt",
+    "SUNDAY, 06-NOV-94 08:49:37 GMT",
+    "sun nov  6 08:49:37 1994",
+    "SUN NOV  6 08:49:37 1994",
+];
+
+/// Dates every one of those fields must treat as invalid.
+const MALFORMED_DATES: [&str; 7] = [
+    "",
+    "Sun, 06 Nov 1994 08:49:37",
+    "Mon, 06 Nov 1994 08:49:37 GMT",
+    "Thu, 30 Feb 2023 08:49:37 GMT",
+    "Sun, 06 Nov 1994 08:49:37 GMT junk",
+    "Sunday, 06-Nov-94 08:49:37 UTC",
+    "Sun Nov 6 08:49:37 1994",
+];
+
+fn lifetime_at(status: u16, pairs: &[(&str, &str)], received_at: SystemTime) -> Lifetime {
+    let map = headers(pairs);
+    freshness_lifetime(
+        StatusCode::from_u16(status).unwrap(),
+        &map,
+        &ResponseDirectives::from_headers(&map),
+        received_at,
+        &policy(),
+    )
+}
+
+#[test]
+fn expires_and_date_accept_every_http_date_form_in_any_case() {
+    let received = rfc_example(10);
+    for e in RFC_EXAMPLE_DATES {
+        // Expires 60 s after Date, both in this form.
+        let d = httpdate::fmt_http_date(rfc_example(0) - secs(60));
+        assert_eq!(
+            lifetime_at(200, &[("date", &d), ("expires", e)], received),
+            life(60, LifetimeSource::Expires),
+            "{e:?}"
+        );
+        // As Date: the apparent age, and the base Expires counts from.
+        let later = httpdate::fmt_http_date(rfc_example(90));
+        assert_eq!(
+            lifetime_at(200, &[("date", e), ("expires", &later)], received),
+            life(90, LifetimeSource::Expires),
+            "{e:?}"
+        );
+        let map = headers(&[("date", e)]);
+        let now = Instant::now();
+        assert_eq!(
+            corrected_initial_age(&map, now, now, received),
+            secs(10),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn malformed_expires_is_expired_and_malformed_date_is_the_receipt_time() {
+    let received = rfc_example(0);
+    let later = httpdate::fmt_http_date(rfc_example(90));
+    for bad in MALFORMED_DATES {
+        assert_eq!(
+            lifetime_at(200, &[("expires", bad)], received),
+            life(0, LifetimeSource::Expires),
+            "{bad:?}"
+        );
+        assert_eq!(
+            lifetime_at(200, &[("date", bad), ("expires", &later)], received),
+            life(90, LifetimeSource::Expires),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn last_modified_accepts_every_http_date_form_in_any_case() {
+    let heuristic = heuristic_policy();
+    let d = httpdate::fmt_http_date(rfc_example(1000));
+    for lm in RFC_EXAMPLE_DATES {
+        let pairs = [("last-modified", lm), ("date", d.as_str())];
+        expect_lifetime(&heuristic, 200, &pairs, 100, LifetimeSource::Heuristic);
+        assert!(has_validator(&headers(&[("last-modified", lm)])), "{lm:?}");
+        let conditional = conditional_headers(&headers(&[("last-modified", lm)]));
+        assert_eq!(conditional[header::IF_MODIFIED_SINCE], lm, "sent verbatim");
+    }
+    for bad in MALFORMED_DATES {
+        let pairs = [("last-modified", bad), ("date", d.as_str())];
+        expect_lifetime(&heuristic, 200, &pairs, 30, LifetimeSource::Route);
+        assert!(
+            !has_validator(&headers(&[("last-modified", bad)])),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn if_modified_since_accepts_every_http_date_form_in_any_case() {
+    let at = |offset| httpdate::fmt_http_date(rfc_example(offset));
+    // The same instant counts as not modified since.
+    let (before, after) = (at(0), at(1));
+    for since in RFC_EXAMPLE_DATES {
+        assert!(
+            modified_since(since, &[("last-modified", &before)]),
+            "{since:?}"
+        );
+        assert!(
+            !modified_since(since, &[("last-modified", &after)]),
+            "{since:?}"
+        );
+        // The stored Last-Modified in another form and case too.
+        assert!(
+            modified_since(&before, &[("last-modified", since)]),
+            "{since:?}"
+        );
+    }
+    for bad in MALFORMED_DATES {
+        assert!(
+            !modified_since(bad, &[("last-modified", &before)]),
             "{bad:?}"
         );
     }
@@ -661,24 +806,88 @@ fn corrected_initial_age_takes_the_larger_estimate() {
     );
 }
 
-#[test]
-fn invalid_age_makes_the_response_stale() {
-    let now = Instant::now();
-    for bad in ["-5", "ten", "10, 20", "1.5", ""] {
-        let map = headers(&[("age", bad)]);
-        assert_eq!(
-            corrected_initial_age(&map, now, now, wall(0)),
-            DELTA_SECONDS_MAX,
-            "{bad:?}"
-        );
-    }
+/// `age_value` of a response with these `Age` lines.
+fn age_of(lines: &[&str]) -> Option<Duration> {
+    let pairs: Vec<(&str, &str)> = lines.iter().map(|line| ("age", *line)).collect();
+    age_value(&headers(&pairs))
 }
 
 #[test]
-fn multiple_age_lines_use_the_first() {
+fn age_is_delta_seconds() {
+    // RFC 9111 §5.1's example.
+    assert_eq!(age_of(&["60"]), Some(secs(60)));
+    assert_eq!(age_of(&["0"]), Some(Duration::ZERO));
+    assert_eq!(age_of(&[" 42 "]), Some(secs(42)));
+    assert_eq!(age_of(&["0000000007"]), Some(secs(7)));
+    assert_eq!(age_of(&[]), None);
+    // Beyond 2^31 seconds: 2^31 (RFC 9111 §1.2.2).
+    assert_eq!(age_of(&["99999999999999999999"]), Some(DELTA_SECONDS_MAX));
+}
+
+#[test]
+fn list_valued_age_uses_its_first_member() {
+    assert_eq!(age_of(&["5, 7"]), Some(secs(5)));
+    assert_eq!(age_of(&["5,7,bogus"]), Some(secs(5)));
+    assert_eq!(age_of(&["5", "7"]), Some(secs(5)));
+    assert_eq!(age_of(&["7", "bogus"]), Some(secs(7)));
+    // Empty list members are not members (RFC 9110 §5.6.1).
+    assert_eq!(age_of(&[", 5, 7"]), Some(secs(5)));
+    assert_eq!(age_of(&["", "5"]), Some(secs(5)));
     let now = Instant::now();
-    let map = headers(&[("age", "7"), ("age", "bogus")]);
-    assert_eq!(corrected_initial_age(&map, now, now, wall(0)), secs(7));
+    let map = headers(&[("age", "5, 7")]);
+    assert_eq!(corrected_initial_age(&map, now, now, wall(0)), secs(5));
+    let map = headers(&[("age", "5"), ("age", "7")]);
+    assert_eq!(corrected_initial_age(&map, now, now, wall(0)), secs(5));
+}
+
+#[test]
+fn invalid_age_is_ignored_as_if_absent() {
+    for bad in [
+        "-5", "+5", "ten", "1.5", "5s", "5 7", "0x10", "", " ", ",", "bogus, 7",
+    ] {
+        assert_eq!(age_of(&[bad]), None, "{bad:?}");
+    }
+    // The first member decides: an invalid one is not replaced by a later one.
+    assert_eq!(age_of(&["bogus", "7"]), None);
+    assert_eq!(age_of(&["-1", "7"]), None);
+}
+
+#[test]
+fn invalid_age_leaves_the_other_age_estimates() {
+    let sent = Instant::now();
+    let received = sent + secs(2);
+    let d = date(0);
+    for bad in ["-5", "ten", "1.5", "5s", ""] {
+        // No Date: only the round trip counts, never "stale".
+        let map = headers(&[("age", bad)]);
+        assert_eq!(
+            corrected_initial_age(&map, sent, received, wall(0)),
+            secs(2),
+            "{bad:?}"
+        );
+        // With Date: the apparent age.
+        let map = headers(&[("date", &d), ("age", bad)]);
+        assert_eq!(
+            corrected_initial_age(&map, sent, received, wall(30)),
+            secs(30),
+            "{bad:?}"
+        );
+    }
+    // So a response with an invalid Age is as fresh as one without.
+    let route = policy();
+    let map = headers(&[("age", "5s"), ("cache-control", "max-age=60")]);
+    let lifetime = freshness_lifetime(
+        StatusCode::OK,
+        &map,
+        &ResponseDirectives::from_headers(&map),
+        wall(0),
+        &route,
+    );
+    let initial = corrected_initial_age(&map, sent, sent, wall(0));
+    assert_eq!(
+        fresh_until(sent, lifetime.duration, initial),
+        sent + secs(60)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -732,20 +941,190 @@ fn only_get_responses_are_stored() {
     }
 }
 
-#[test]
-fn only_final_non_error_statuses_are_stored() {
-    let explicit = [("cache-control", "max-age=60")];
-    for status in [100, 206, 304, 400, 404, 500, 503] {
+/// Every way a response can carry explicit freshness (RFC 9111 §4.2.1),
+/// each worth 60 s, with the lifetime source it gives.
+fn explicit_freshness() -> Vec<(Vec<(&'static str, String)>, LifetimeSource)> {
+    vec![
+        (
+            vec![("cache-control", "s-maxage=60".to_owned())],
+            LifetimeSource::SMaxAge,
+        ),
+        (
+            vec![("cache-control", "max-age=60".to_owned())],
+            LifetimeSource::MaxAge,
+        ),
+        (
+            vec![("date", date(0)), ("expires", date(60))],
+            LifetimeSource::Expires,
+        ),
+        (
+            vec![("cdn-cache-control", "max-age=60".to_owned())],
+            LifetimeSource::MaxAge,
+        ),
+        (
+            vec![("corral-cache-control", "s-maxage=60".to_owned())],
+            LifetimeSource::SMaxAge,
+        ),
+    ]
+}
+
+/// Asserts a response with `status` is stored with each explicit freshness,
+/// for 60 s, under `policy`.
+#[track_caller]
+fn expect_stored_for_its_explicit_freshness(status: u16, policy: &FreshnessPolicy) {
+    for (pairs, source) in explicit_freshness() {
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (*n, v.as_str())).collect();
         assert_eq!(
-            storable(Method::GET, &[], status, &explicit, &policy()),
+            storable(Method::GET, &[], status, &pairs, policy),
+            None,
+            "{status} {pairs:?}"
+        );
+        assert_eq!(
+            lifetime(status, &pairs, policy),
+            life(60, source),
+            "{status} {pairs:?}"
+        );
+    }
+}
+
+#[test]
+fn non_final_partial_and_not_modified_statuses_are_never_stored() {
+    for status in [100, 101, 103, 206, 304] {
+        for (pairs, _) in explicit_freshness() {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            assert_eq!(
+                storable(Method::GET, &[], status, &pairs, &policy()),
+                Some(NotStorable::Status),
+                "{status} {pairs:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn success_and_redirect_statuses_with_explicit_freshness_are_stored() {
+    for status in [200, 201, 202, 203, 204, 226, 300, 301, 302, 303, 307, 308] {
+        expect_stored_for_its_explicit_freshness(status, &policy());
+    }
+}
+
+#[test]
+fn client_error_statuses_with_explicit_freshness_are_stored() {
+    for status in [400, 401, 403, 404, 405, 409, 410, 414, 418, 429, 451, 499] {
+        expect_stored_for_its_explicit_freshness(status, &policy());
+    }
+}
+
+#[test]
+fn server_error_statuses_with_explicit_freshness_are_stored() {
+    for status in [500, 501, 502, 503, 504, 599] {
+        expect_stored_for_its_explicit_freshness(status, &policy());
+    }
+}
+
+#[test]
+fn error_statuses_without_explicit_freshness_are_not_stored() {
+    let heuristic = heuristic_policy();
+    let (lm, d) = (date(0), date(1000));
+    for status in [400, 403, 404, 405, 410, 414, 429, 500, 501, 502, 503] {
+        // Nothing at all; `public`; a Last-Modified for the heuristic
+        // (even for 405, 414, 501, heuristically cacheable by RFC 9110).
+        for pairs in [
+            &[][..],
+            &[("cache-control", "public")][..],
+            &[("cache-control", "no-cache, must-revalidate")][..],
+            &[("last-modified", lm.as_str()), ("date", d.as_str())][..],
+        ] {
+            for route in [&policy(), &heuristic] {
+                assert_eq!(
+                    storable(Method::GET, &[], status, pairs, route),
+                    Some(NotStorable::Status),
+                    "{status} {pairs:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_targeted_field_makes_expires_no_explicit_freshness_for_errors() {
+    let e = date(60);
+    let pairs = [("expires", e.as_str()), ("cdn-cache-control", "public")];
+    for status in [404, 500] {
+        assert_eq!(
+            storable(Method::GET, &[], status, &pairs, &policy()),
             Some(NotStorable::Status),
             "{status}"
         );
     }
-    for status in [200, 203, 204, 300, 301, 302, 307, 308] {
+    // Expires alone is explicit freshness.
+    let pairs = [("expires", e.as_str())];
+    assert_eq!(storable(Method::GET, &[], 500, &pairs, &policy()), None);
+}
+
+#[test]
+fn explicitly_fresh_errors_are_still_refused_for_what_forbids_any_status() {
+    let max_age = ("cache-control", "max-age=60");
+    for status in [404, 500] {
         assert_eq!(
-            storable(Method::GET, &[], status, &explicit, &policy()),
-            None,
+            storable(Method::POST, &[], status, &[max_age], &policy()),
+            Some(NotStorable::Method)
+        );
+        assert_eq!(
+            storable(
+                Method::GET,
+                &[],
+                status,
+                &[("cache-control", "max-age=60, no-store")],
+                &policy()
+            ),
+            Some(NotStorable::NoStore)
+        );
+        assert_eq!(
+            storable(
+                Method::GET,
+                &[],
+                status,
+                &[("cache-control", "max-age=60, private")],
+                &policy()
+            ),
+            Some(NotStorable::Private)
+        );
+        assert_eq!(
+            storable(
+                Method::GET,
+                &[],
+                status,
+                &[max_age, ("set-cookie", "id=1")],
+                &policy()
+            ),
+            Some(NotStorable::SetCookie)
+        );
+        assert_eq!(
+            storable(
+                Method::GET,
+                &[("authorization", "Bearer x")],
+                status,
+                &[max_age],
+                &policy()
+            ),
+            Some(NotStorable::Authorization)
+        );
+    }
+}
+
+#[test]
+fn statuses_outside_100_to_599_are_never_stored() {
+    for status in [600, 799, 999] {
+        assert_eq!(
+            storable(
+                Method::GET,
+                &[],
+                status,
+                &[("cache-control", "max-age=60")],
+                &policy()
+            ),
+            Some(NotStorable::Status),
             "{status}"
         );
     }
@@ -767,6 +1146,14 @@ fn negative_caching_stores_404_and_410_only_when_configured() {
         storable(Method::GET, &[], 500, &[], &negative),
         Some(NotStorable::Status)
     );
+    // Explicit freshness stores a 404/410 without negative caching, and wins
+    // over negative_ttl unless the route overrides the origin.
+    let cc = [("cache-control", "max-age=60")];
+    for status in [404, 410] {
+        assert_eq!(storable(Method::GET, &[], status, &cc, &policy()), None);
+        expect_lifetime(&policy(), status, &cc, 60, LifetimeSource::MaxAge);
+        expect_lifetime(&negative, status, &cc, 60, LifetimeSource::MaxAge);
+    }
 }
 
 #[test]
