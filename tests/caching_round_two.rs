@@ -343,3 +343,46 @@ async fn a_500_with_max_age_does_not_replace_a_stale_answer_kept_for_stale_if_er
     }
     corral.shutdown().await;
 }
+
+/// Item 1: a 304 without validators to corral's own conditional request
+/// validates the entry the request was made from: one origin request per
+/// revalidation (the seed refetched unconditionally, two requests).
+#[tokio::test(start_paused = true)]
+async fn a_bare_304_validates_the_entry_it_was_asked_for_in_one_origin_request() {
+    let origin = MockOrigin::start().await.expect("mock origin starts");
+    let modified = "Sun, 06 Nov 1994 08:49:37 GMT";
+    origin.on("/dated", move |seen| {
+        if seen.headers.contains_key("if-modified-since") {
+            // Validates by date, and says nothing else (RFC 9110 §15.4.5 allows it).
+            Reply::ok("")
+                .status(StatusCode::NOT_MODIFIED)
+                .header("cache-control", "max-age=60")
+                .into()
+        } else {
+            Reply::ok("v1")
+                .header("last-modified", modified)
+                .header("cache-control", "max-age=60")
+                .into()
+        }
+    });
+    // Paused time jumps a minute: keep corral's idle timeout out of the way.
+    let corral = Setup::origin(&origin)
+        .toml("[server]\nidle_timeout = \"1h\"\n[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
+    let client = support::client();
+    let url = corral.url("/dated");
+    assert_eq!(support::get(&client, &url).await.text(), "v1");
+    tokio::time::advance(std::time::Duration::from_secs(61)).await;
+    let revalidated = support::get(&client, &url).await;
+    assert_eq!(revalidated.text(), "v1", "{revalidated:?}");
+    assert_eq!(
+        revalidated.cache_status,
+        "corral; fwd=stale; fwd-status=304; stored"
+    );
+    assert_eq!(origin.hits(), 2, "one fill, then exactly one revalidation");
+    let again = support::get(&client, &url).await;
+    assert!(again.cache_status.contains("; hit"), "{again:?}");
+    assert_eq!(origin.hits(), 2);
+    corral.shutdown().await;
+}

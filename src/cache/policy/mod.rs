@@ -630,7 +630,11 @@ pub fn not_modified_response_headers(stored: &HeaderMap) -> HeaderMap {
 /// - a strong `ETag` in the 304 must equal the stored strong `ETag`;
 /// - a weak one must weakly match the stored `ETag`;
 /// - without an `ETag`, its `Last-Modified` must equal the stored one;
-/// - with no validator at all, only a stored response without one matches.
+/// - with no validator at all, it answers the conditional request it was
+///   sent for, which named `stored`'s validators: it matches. RFC 9110
+///   §15.4.5 requires a 304 to repeat an `ETag` but not `Last-Modified`, so
+///   an origin validating by date may send neither, and refetching would
+///   cost a second origin request per revalidation.
 ///
 /// When it does not match, the 304 must not update the stored response; the
 /// caller should fetch the response again unconditionally.
@@ -649,7 +653,7 @@ pub fn not_modified_applies(stored: &HeaderMap, not_modified: &HeaderMap) -> boo
     let stored_modified = header_date(stored, &header::LAST_MODIFIED);
     match new_modified {
         Some(new_modified) => stored_modified == Some(new_modified),
-        None => !has_validator(stored),
+        None => true,
     }
 }
 
