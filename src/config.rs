@@ -90,6 +90,12 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_REQUEST_BODY: ByteSize = ByteSize::mib(16);
 /// Default time a keep-alive client connection may sit idle between requests.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `stale_if_disconnected`: how stale an entry may be and still be
+/// served while the origin cannot be reached.
+pub const DEFAULT_STALE_IF_DISCONNECTED: Duration = Duration::from_secs(3600);
+/// Default `stale_deadline`: how long a client that could be served stale
+/// waits on a slow origin before it is.
+pub const DEFAULT_STALE_DEADLINE: Duration = Duration::from_secs(1);
 /// Default largest response head corral accepts from the origin.
 pub const DEFAULT_MAX_RESPONSE_HEADER_SIZE: ByteSize = ByteSize::kib(64);
 
@@ -502,6 +508,19 @@ pub struct RouteConfig {
     /// a stale entry is served when the origin fails, times out or answers 5xx.
     #[serde(default, with = "humantime_serde")]
     pub stale_if_error: Option<Duration>,
+    /// How stale a stored entry may be and still be served when the origin
+    /// cannot be reached (connect error, reset, timeout: RFC 9111 §4.2.4),
+    /// unless the origin forbade stale use (`must-revalidate`,
+    /// `proxy-revalidate`, `no-cache`, `s-maxage`). A 5xx *answer* still
+    /// needs `stale_if_error`. `"0s"` turns it off.
+    #[serde(default = "default_stale_if_disconnected", with = "humantime_serde")]
+    pub stale_if_disconnected: Duration,
+    /// A client that could be served a stale entry (within
+    /// `stale_if_disconnected`) waits this long for a slow origin, then gets
+    /// the stale copy while the fetch goes on for the cache. `"0s"` turns
+    /// it off (clients wait for the origin's own time limits).
+    #[serde(default = "default_stale_deadline", with = "humantime_serde")]
+    pub stale_deadline: Duration,
     /// Longest a follower waits for the leader's fetch before answering 504.
     #[serde(default = "default_lock_timeout", with = "humantime_serde")]
     pub lock_timeout: Duration,
@@ -565,6 +584,12 @@ fn default_heuristic_max() -> Duration {
 }
 fn default_true() -> bool {
     true
+}
+fn default_stale_if_disconnected() -> Duration {
+    DEFAULT_STALE_IF_DISCONNECTED
+}
+fn default_stale_deadline() -> Duration {
+    DEFAULT_STALE_DEADLINE
 }
 
 /// A route's say in freshness: what corral does when the origin is silent,
@@ -780,6 +805,8 @@ impl Config {
                 negative_ttl: None,
                 stale_while_revalidate: None,
                 stale_if_error: None,
+                stale_if_disconnected: DEFAULT_STALE_IF_DISCONNECTED,
+                stale_deadline: DEFAULT_STALE_DEADLINE,
                 lock_timeout: DEFAULT_LOCK_TIMEOUT,
                 hit_for_pass: DEFAULT_HIT_FOR_PASS,
                 cache: true,
@@ -808,6 +835,15 @@ impl Config {
                 })
                 .collect(),
         })
+    }
+
+    /// This config with `window` as every route's default stale-if-error
+    /// window (the quick start's `--stale-if-error`).
+    pub fn with_stale_if_error(mut self, window: Duration) -> Config {
+        for route in &mut self.routes {
+            route.stale_if_error = Some(window);
+        }
+        self
     }
 
     /// Checks what serde cannot: URL shape, pattern shape, sizes that contradict.
@@ -912,6 +948,8 @@ impl Config {
                 ("negative_ttl", route.negative_ttl),
                 ("stale_while_revalidate", route.stale_while_revalidate),
                 ("stale_if_error", route.stale_if_error),
+                ("stale_if_disconnected", Some(route.stale_if_disconnected)),
+                ("stale_deadline", Some(route.stale_deadline)),
                 ("lock_timeout", Some(route.lock_timeout)),
                 ("hit_for_pass", Some(route.hit_for_pass)),
                 ("connect_timeout", route.connect_timeout),
@@ -1010,6 +1048,8 @@ impl Config {
                         stale_while_revalidate: r.stale_while_revalidate,
                         stale_if_error: r.stale_if_error,
                     },
+                    stale_if_disconnected: r.stale_if_disconnected,
+                    stale_deadline: r.stale_deadline,
                     lock_timeout: r.lock_timeout,
                     hit_for_pass: r.hit_for_pass,
                     cache: r.cache,
@@ -1063,6 +1103,11 @@ pub struct Route {
     /// The route's say in freshness: default and overriding ttls, heuristic,
     /// negative caching and default stale windows.
     pub freshness: FreshnessPolicy,
+    /// How stale an entry may be and still be served while the origin
+    /// cannot be reached.
+    pub stale_if_disconnected: Duration,
+    /// How long a client that could be served stale waits on a slow origin.
+    pub stale_deadline: Duration,
     /// Bound on a follower's wait for its leader.
     pub lock_timeout: Duration,
     /// How long an unshareable key bypasses coalescing.

@@ -24,7 +24,7 @@ struct Cli {
     command: Option<Command>,
 
     /// Run from this config file.
-    #[arg(long, env = "CORRAL_CONFIG", conflicts_with_all = ["origin", "listen", "admin_listen", "ttl"])]
+    #[arg(long, env = "CORRAL_CONFIG", conflicts_with_all = ["origin", "listen", "admin_listen", "ttl", "stale_if_error"])]
     config: Option<PathBuf>,
 
     /// Run without a file, in front of this origin (http://host:port).
@@ -43,6 +43,12 @@ struct Cli {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     ttl: Duration,
 
+    /// Serve a stored answer up to this long past its freshness when the
+    /// origin fails or answers 5xx (with --origin), e.g. 5m. Without it, only
+    /// an unreachable origin is covered (stale_if_disconnected, 1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    stale_if_error: Option<Duration>,
+
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "CORRAL_LOG_FORMAT", global = true)]
     log_format: LogFormat,
@@ -56,14 +62,18 @@ enum Command {
         /// The config file to validate.
         file: PathBuf,
     },
-    /// Run the flash-sale demonstration on loopback.
+    /// Run the flash-sale demonstration on loopback: the same burst against
+    /// the origin directly, then through corral.
     Demo {
-        /// Concurrent clients per wave.
+        /// Concurrent clients per burst (all connected first, then released at once).
         #[arg(long, default_value_t = 800)]
         clients: usize,
         /// Origin response time, e.g. 120ms.
         #[arg(long, default_value = "120ms", value_parser = humantime::parse_duration)]
         origin_delay: Duration,
+        /// Requests the origin answers at once; it answers 429 to any more (0: no limit).
+        #[arg(long, default_value_t = 100)]
+        origin_limit: usize,
         /// Do not draw the progress bar.
         #[arg(long)]
         no_progress: bool,
@@ -83,18 +93,20 @@ fn main() -> ExitCode {
         Some(Command::Demo {
             clients,
             origin_delay,
+            origin_limit,
             no_progress,
         }) => {
             let _logging = install_logging(cli.log_format, "warn");
             let options = demo::DemoOptions {
                 clients,
                 origin_delay,
+                origin_limit,
                 progress: !no_progress,
             };
             block_on(async move {
                 match demo::run(&options).await {
-                    Ok(waves) => {
-                        print!("{}", demo::render(&options, &waves, None));
+                    Ok(report) => {
+                        print!("{}", demo::render(&options, &report, None));
                         ExitCode::SUCCESS
                     }
                     Err(error) => {
@@ -109,7 +121,12 @@ fn main() -> ExitCode {
             let config = match (&cli.config, &cli.origin) {
                 (Some(path), _) => Config::load(path),
                 (None, Some(origin)) => {
-                    Config::for_origin(origin, cli.listen, cli.admin_listen, cli.ttl)
+                    Config::for_origin(origin, cli.listen, cli.admin_listen, cli.ttl).map(
+                        |config| match cli.stale_if_error {
+                            Some(window) => config.with_stale_if_error(window),
+                            None => config,
+                        },
+                    )
                 }
                 (None, None) => {
                     eprintln!("corral: give --config FILE or --origin URL (see --help)");

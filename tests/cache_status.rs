@@ -54,3 +54,22 @@ async fn corrals_member_follows_the_origins_on_misses_and_hits() {
     assert_eq!(origin.hits(), 1);
     corral.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_served_stale_for_the_clients_max_stale_says_so() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/s", Reply::ok("s").header("cache-control", "max-age=10"));
+    let corral = Setup::origin(&origin)
+        .toml("[server]\nidle_timeout = \"1h\"\n[[route]]\nmatch = \"/\"\n")
+        .start()
+        .await;
+    let client = support::client();
+    let url = corral.url("/s");
+    support::get(&client, &url).await;
+    tokio::time::advance(std::time::Duration::from_secs(15)).await;
+    let seen = support::get_with(&client, &url, &[("cache-control", "max-stale=60")]).await;
+    assert_eq!(seen.text(), "s");
+    assert_eq!(seen.cache_status, "corral; hit; detail=stale-max-stale");
+    assert_eq!(origin.hits(), 1);
+    corral.shutdown().await;
+}

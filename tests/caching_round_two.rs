@@ -386,3 +386,83 @@ async fn a_bare_304_validates_the_entry_it_was_asked_for_in_one_origin_request()
     assert_eq!(origin.hits(), 2);
     corral.shutdown().await;
 }
+
+/// How the origin fails once the entry has gone stale (item 7).
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    /// Answers 500.
+    ServerError,
+    /// Closes the connection without answering.
+    Reset,
+    /// Never answers.
+    Hang,
+}
+
+/// Item 7: the quick start's config (`corral --origin … --ttl 60s`, and
+/// `--stale-if-error` when given) in front of an origin whose answer said
+/// `max-age=1` and that then fails as `failure` 2.5 s later: what the client
+/// gets. Runs on a paused clock: a hang is answered after `stale_deadline`.
+async fn after_the_origin_fails(
+    failure: Failure,
+    stale_if_error: Option<Duration>,
+) -> support::Seen {
+    let origin = MockOrigin::start().await.expect("mock origin starts");
+    origin.on("/item", move |seen| {
+        if seen.nth == 1 {
+            return Reply::ok("stored")
+                .header("cache-control", "max-age=1")
+                .into();
+        }
+        match failure {
+            Failure::ServerError => Reply::ok("oops")
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .into(),
+            Failure::Reset => corral::testing::mock_origin::Behaviour::Reset,
+            Failure::Hang => corral::testing::mock_origin::Behaviour::Hang,
+        }
+    });
+    let any = "127.0.0.1:0".parse().expect("address");
+    let quick_start =
+        corral::config::Config::for_origin(&origin.url(), any, any, Duration::from_secs(60))
+            .expect("quick-start config");
+    let config = match stale_if_error {
+        Some(window) => quick_start.with_stale_if_error(window),
+        None => quick_start,
+    };
+    let corral = support::serve(corral::Corral::new(&config).expect("corral builds")).await;
+    let client = support::client();
+    let url = corral.url("/item");
+    assert_eq!(support::get(&client, &url).await.text(), "stored");
+    tokio::time::advance(Duration::from_millis(2_500)).await;
+    let seen = support::get(&client, &url).await;
+    corral.shutdown().await;
+    seen
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_origin_down_the_quick_start_keeps_answering_from_the_cache() {
+    // A 500 is an answer: serving stale over it needs permission.
+    let error = after_the_origin_fails(Failure::ServerError, None).await;
+    assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR, "{error:?}");
+    // Disconnected: served stale by default (RFC 9111 §4.2.4), saying why.
+    let reset = after_the_origin_fails(Failure::Reset, None).await;
+    assert_eq!((reset.status, reset.text()), (StatusCode::OK, "stored"));
+    assert_eq!(reset.cache_status, "corral; hit; detail=stale-disconnected");
+    // A hanging origin holds the client for stale_deadline (1 s), not the
+    // 10 s first-byte timeout.
+    let hang = after_the_origin_fails(Failure::Hang, None).await;
+    assert_eq!((hang.status, hang.text()), (StatusCode::OK, "stored"));
+    assert_eq!(hang.cache_status, "corral; hit; detail=stale-slow-origin");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_stale_if_error_the_quick_start_hides_a_500_too() {
+    let window = Some(Duration::from_secs(60));
+    let error = after_the_origin_fails(Failure::ServerError, window).await;
+    assert_eq!((error.status, error.text()), (StatusCode::OK, "stored"));
+    assert_eq!(error.cache_status, "corral; hit; detail=stale-if-error");
+    let reset = after_the_origin_fails(Failure::Reset, window).await;
+    assert_eq!(reset.cache_status, "corral; hit; detail=stale-if-error");
+    let hang = after_the_origin_fails(Failure::Hang, window).await;
+    assert_eq!(hang.cache_status, "corral; hit; detail=stale-slow-origin");
+}

@@ -261,11 +261,13 @@ async fn stale_if_error_serves_the_stored_answer_while_the_origin_fails() {
     let corral = paused(&origin)
         .toml(
             "[[route]]\nmatch = \"/sie/route\"\nstale_if_error = \"300s\"\n\
-             [[route]]\nmatch = \"/sie/slow\"\nfirst_byte_timeout = \"2s\"\n\
-             [[route]]\nmatch = \"/\"\n",
+             [[route]]\nmatch = \"/sie/slow\"\nfirst_byte_timeout = \"2s\"\nstale_deadline = \"0s\"\n\
+             [[route]]\nmatch = \"/\"\nstale_if_disconnected = \"0s\"\n",
         )
         .start()
         .await;
+    // stale_if_disconnected is off where this test shows stale-if-error's
+    // own window ending (tests/caching_round_two.rs covers the default).
     let client = support::client();
     for path in ["/sie/origin", "/sie/route", "/sie/strict", "/sie/slow"] {
         assert_eq!(get(&client, &corral.url(path)).await.status, StatusCode::OK);
@@ -291,7 +293,8 @@ async fn stale_if_error_serves_the_stored_answer_while_the_origin_fails() {
         "each stale answer followed a real attempt"
     );
     // An origin that does not answer within the route's first_byte_timeout
-    // (the paused clock moves on while everything waits on it).
+    // (the paused clock moves on while everything waits on it); the route
+    // turns stale_deadline off, so the client waits for the timeout itself.
     let slow = get(&client, &corral.url("/sie/slow")).await;
     assert_eq!(
         (slow.status, slow.text()),

@@ -286,6 +286,11 @@ impl CachedResponse {
         policy::current_age(self.initial_age, self.timing.response_time, now)
     }
 
+    /// How long past its freshness it is at `now` (zero while fresh).
+    pub fn staleness(&self, now: Instant) -> Duration {
+        self.current_age(now).saturating_sub(self.lifetime.duration)
+    }
+
     /// Whole seconds of age at `now`, for `Age`.
     pub fn age_secs(&self, now: Instant) -> u64 {
         self.current_age(now).as_secs()

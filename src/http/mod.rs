@@ -6,6 +6,7 @@
 pub mod conditional;
 pub mod date;
 pub mod directives;
+pub mod range;
 pub mod structured;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

@@ -190,6 +190,20 @@ impl OriginError {
         matches!(self, OriginError::TimedOut { .. })
     }
 
+    /// Whether corral could not reach the origin, or lost it before a whole
+    /// answer: no connection, a reset, a time limit (RFC 9111 §4.2.4's
+    /// "disconnected"). An answer that is not HTTP, or too large a head, is
+    /// the origin answering badly, not a disconnection.
+    pub fn is_disconnection(&self) -> bool {
+        matches!(
+            self,
+            OriginError::Connect(_)
+                | OriginError::Request(_)
+                | OriginError::TimedOut { .. }
+                | OriginError::Body(_)
+        )
+    }
+
     /// Whether the request was never sent because the origin is protected
     /// (maps to 503 with `Retry-After`, or to a stale entry).
     pub fn is_refusal(&self) -> bool {

@@ -109,7 +109,14 @@ impl Proxy {
                     state.metrics.flight_followers.inc();
                     let waited = {
                         let _waiting = GaugeGuard::new(&state.metrics.followers_waiting);
-                        follower.wait(deadline).await
+                        let slow = self.stale_for_slow_origin(route, stored.as_ref());
+                        tokio::select! {
+                            waited = follower.wait(deadline) => waited,
+                            Some(entry) = slow => {
+                                let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::SlowOrigin));
+                                return render::from_entry(&entry, status, parts, Instant::now());
+                            }
+                        }
                     };
                     let next = self
                         .answer_flight(cx, route, stored.as_ref(), waited, Role::Follower)
@@ -167,7 +174,15 @@ impl Proxy {
                 leader,
                 private: Some(private),
             }));
-            let waited = own.outcome().await;
+            let slow = self.stale_for_slow_origin(route, stored.as_ref());
+            let waited = tokio::select! {
+                waited = own.outcome() => waited,
+                // The fetch goes on for the cache; this client has waited enough.
+                Some(entry) = slow => {
+                    let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::SlowOrigin));
+                    return render::from_entry(&entry, status, cx.parts, Instant::now());
+                }
+            };
             let next = self
                 .answer_flight(cx, route, stored.as_ref(), waited, Role::Leader(handed))
                 .await;
@@ -227,6 +242,17 @@ impl Proxy {
             }
             (Ok(FlightOutcome::Shared { .. }), _) => Next::OtherVariant,
             (Ok(FlightOutcome::Unshareable), Role::Leader(handed)) => match handed.await {
+                // Too large to store, so the fill fetched the whole object
+                // without the client's Range: ask again with it, as later
+                // requests for the key will (hit-for-pass).
+                Ok(answer)
+                    if parts.headers.contains_key(http::header::RANGE)
+                        && answer.response.status() == http::StatusCode::OK =>
+                {
+                    drop(answer);
+                    let body = reqwest::Body::from(Bytes::new());
+                    Next::Answer(self.pass(cx, body, false, PassReason::Unshareable).await)
+                }
                 Ok(mut answer) => {
                     if parts.method == Method::HEAD {
                         *answer.response.body_mut() = ProxyBody::empty();
@@ -244,7 +270,10 @@ impl Proxy {
             }
             (Err(WaitError::TimedOut), _) => {
                 // Invariant 6: stale content if the origin allows it, else 504.
-                Next::Answer(self.stale_if_error(cx, route, stored).unwrap_or_else(|| {
+                let stale = self
+                    .stale_if_error(cx, route, stored)
+                    .or_else(|| self.stale_if_disconnected(cx, route, stored));
+                Next::Answer(stale.unwrap_or_else(|| {
                     ProxyError::LockTimeout.into_answer(CacheOutcome::Coalesced, cx.path())
                 }))
             }
@@ -300,6 +329,46 @@ impl Proxy {
         })
     }
 
+    /// `stored`, rendered, if it may be served because the origin cannot be
+    /// reached: the origin did not forbid stale use, and it is no more than
+    /// the route's `stale_if_disconnected` past its freshness.
+    fn stale_if_disconnected(
+        &self,
+        cx: &RequestContext<'_>,
+        route: &Route,
+        stored: Option<&Arc<CachedResponse>>,
+    ) -> Option<Answer> {
+        let now = Instant::now();
+        let entry = stored.filter(|entry| servable_disconnected(entry, route, now))?;
+        let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::Disconnected));
+        Some(render::from_entry(entry, status, cx.parts, now))
+    }
+
+    /// Resolves, after the route's `stale_deadline`, to `stored` when it could
+    /// be served were the origin unreachable: a client that could get it
+    /// does not wait on a slow origin for longer. Never resolves otherwise.
+    fn stale_for_slow_origin(
+        &self,
+        route: &Route,
+        stored: Option<&Arc<CachedResponse>>,
+    ) -> impl Future<Output = Option<Arc<CachedResponse>>> + Send + 'static {
+        let now = Instant::now();
+        let usable = stored
+            .filter(|_| !route.stale_deadline.is_zero())
+            .filter(|entry| servable_disconnected(entry, route, now + route.stale_deadline))
+            .cloned();
+        let deadline = now + route.stale_deadline;
+        async move {
+            match usable {
+                Some(entry) => {
+                    tokio::time::sleep_until(deadline).await;
+                    Some(entry)
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     /// Answers a request whose fetch failed: with `stored` when the origin was
     /// not contacted to protect it (breaker open, `Retry-After`, overload) and
     /// the origin did not forbid stale use, however stale; when it failed
@@ -320,10 +389,24 @@ impl Proxy {
                     let status = CacheStatus::of(CacheOutcome::Stale(reason));
                     render::from_entry(entry, status, cx.parts, Instant::now())
                 }),
-            None => self.stale_if_error(cx, route, stored),
+            None => self.stale_if_error(cx, route, stored).or_else(|| {
+                error
+                    .is_disconnection()
+                    .then(|| self.stale_if_disconnected(cx, route, stored))
+                    .flatten()
+            }),
         };
         stale.unwrap_or_else(|| ProxyError::Origin(error).into_answer(outcome, cx.path()))
     }
+}
+
+/// Whether `entry` may be served at `now` while the origin cannot be reached:
+/// the origin did not forbid stale use, and it is no more than the route's
+/// `stale_if_disconnected` past its freshness.
+fn servable_disconnected(entry: &CachedResponse, route: &Route, now: Instant) -> bool {
+    !route.stale_if_disconnected.is_zero()
+        && entry.may_serve_disconnected()
+        && entry.staleness(now) <= route.stale_if_disconnected
 }
 
 /// Whether a failed fetch may be answered with a stale entry, and why: only

@@ -12,6 +12,7 @@ use super::body::ProxyBody;
 use crate::cache::CachedResponse;
 use crate::cache::policy::{self, PassReason};
 use crate::http::CACHE_STATUS;
+use crate::http::range::{self, ByteRange, Ranges};
 use crate::metrics::CacheStatusLabel;
 
 /// How one request was answered: the value its `Cache-Status` header, its
@@ -115,8 +116,14 @@ fn after_upstream(headers: &http::HeaderMap, ours: &HeaderValue) -> HeaderValue 
     HeaderValue::from_bytes(&joined).unwrap_or_else(|_| ours.clone())
 }
 
-/// A fresh stored response, rendered for this request.
+/// A stored response this request may reuse as it is, rendered for it: a
+/// hit while fresh; past its freshness (the client's `max-stale` accepted
+/// it), a stale answer that says so.
 pub fn hit(entry: &CachedResponse, parts: &Parts, now: Instant) -> Answer {
+    if !entry.is_fresh(now) {
+        let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::ClientMaxStale));
+        return from_entry(entry, status, parts, now);
+    }
     let status = CacheStatus {
         ttl: Some(entry.ttl_secs(now)),
         ..CacheStatus::of(CacheOutcome::Hit)
@@ -126,7 +133,16 @@ pub fn hit(entry: &CachedResponse, parts: &Parts, now: Instant) -> Answer {
 
 /// Renders a stored (or just fetched) response for one client: `Age` and
 /// `Cache-Status` added, the body left out for HEAD, and a 304 instead when
-/// the client's `If-None-Match` / `If-Modified-Since` matches (RFC 9111 §4.3.2).
+/// the client's `If-None-Match` / `If-Modified-Since` matches (RFC 9111
+/// §4.3.2).
+///
+/// A stored 200 asked for by GET or HEAD honours `Range` (RFC 9110 §14), after
+/// those preconditions (§13.2.2) and when any `If-Range` matches: one range is
+/// a 206 with its slice of the stored body (no copy), none satisfiable a 416
+/// naming the length. Several ranges would need a `multipart/byteranges`
+/// body, which corral does not build: they get the whole 200, as §14.2
+/// allows. Every such answer says `Accept-Ranges: bytes`. `status` is the
+/// `Cache-Status` whatever the answer's code.
 pub fn from_entry(
     entry: &CachedResponse,
     status: CacheStatus,
@@ -152,7 +168,25 @@ pub fn from_entry(
         *response.headers_mut() = headers;
         return Answer::new(response, status);
     }
-    let body = if parts.method == Method::HEAD {
+    let head = parts.method == Method::HEAD;
+    let ranged = entry.status == StatusCode::OK && (head || parts.method == Method::GET);
+    let complete = u64::try_from(entry.body.len()).unwrap_or(u64::MAX);
+    let ranges = if ranged && request.contains_key(header::RANGE) {
+        range::requested_ranges(request, &entry.headers, complete)
+    } else {
+        Ranges::Ignore
+    };
+    match ranges {
+        Ranges::One(range) => {
+            if let Some(answer) = partial(entry, range, complete, age.clone(), head, status) {
+                return answer;
+            }
+        }
+        Ranges::Unsatisfiable => return unsatisfiable(complete, status),
+        // No multipart/byteranges: several ranges get the whole 200.
+        Ranges::Several(_) | Ranges::Ignore => {}
+    }
+    let body = if head {
         ProxyBody::empty()
     } else {
         ProxyBody::full(entry.body.clone())
@@ -161,7 +195,68 @@ pub fn from_entry(
     *response.status_mut() = entry.status;
     let mut headers = entry.headers.clone();
     headers.insert(header::AGE, age);
+    if ranged {
+        headers.insert(header::ACCEPT_RANGES, accept_bytes());
+    }
     *response.headers_mut() = headers;
+    Answer::new(response, status)
+}
+
+/// `Accept-Ranges: bytes`: corral answers byte ranges of stored 200s.
+fn accept_bytes() -> HeaderValue {
+    HeaderValue::from_static("bytes")
+}
+
+/// The 206 (RFC 9110 §15.3.7) carrying `range` of `entry`'s body of
+/// `complete` bytes: the stored headers (so `Date`, `Cache-Control`, `ETag`,
+/// `Expires`, `Content-Location` and `Vary` as a 200 would have them) with
+/// the slice's `Content-Length` and its `Content-Range`; no body for HEAD.
+/// `None` if the range does not fit in memory's offsets, which a range
+/// resolved against the body's own length always does.
+fn partial(
+    entry: &CachedResponse,
+    range: ByteRange,
+    complete: u64,
+    age: HeaderValue,
+    head: bool,
+    status: CacheStatus,
+) -> Option<Answer> {
+    let first = usize::try_from(range.first).ok()?;
+    let last = usize::try_from(range.last).ok()?;
+    if last >= entry.body.len() || first > last {
+        return None;
+    }
+    let content_range = HeaderValue::try_from(range.content_range(complete)).ok()?;
+    let body = if head {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::full(entry.body.slice(first..=last))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let mut headers = entry.headers.clone();
+    headers.insert(header::AGE, age);
+    headers.insert(header::ACCEPT_RANGES, accept_bytes());
+    headers.insert(header::CONTENT_RANGE, content_range);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(range.length()));
+    *response.headers_mut() = headers;
+    Some(Answer::new(response, status))
+}
+
+/// The 416 (RFC 9110 §15.5.17) for a representation of `complete` bytes:
+/// `Content-Range: bytes */complete`, an empty body, and none of the stored
+/// headers, which describe content this answer does not carry (and a
+/// downstream cache must not store it as if it did).
+fn unsatisfiable(complete: u64, status: CacheStatus) -> Answer {
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+    let headers = response.headers_mut();
+    if let Ok(content_range) = HeaderValue::try_from(range::unsatisfied_content_range(complete)) {
+        headers.insert(header::CONTENT_RANGE, content_range);
+    }
+    headers.insert(header::ACCEPT_RANGES, accept_bytes());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+    crate::http::ensure_date(headers, std::time::SystemTime::now());
     Answer::new(response, status)
 }
 
@@ -252,6 +347,14 @@ pub enum StaleReason {
     /// Within its stale-if-error window, and the origin failed, timed out or
     /// answered 5xx (RFC 5861 §4).
     IfError,
+    /// The origin could not be reached (connect error, reset, timeout), and
+    /// the entry is within the route's `stale_if_disconnected` (RFC 9111 §4.2.4).
+    Disconnected,
+    /// The origin is slow: the client waited the route's `stale_deadline`
+    /// and got the stored copy while the fetch goes on for the cache.
+    SlowOrigin,
+    /// Past its freshness, and the client's `max-stale` accepts it.
+    ClientMaxStale,
 }
 
 impl StaleReason {
@@ -263,6 +366,9 @@ impl StaleReason {
             StaleReason::Overloaded => "stale-overloaded",
             StaleReason::WhileRevalidate => "stale-while-revalidate",
             StaleReason::IfError => "stale-if-error",
+            StaleReason::Disconnected => "stale-disconnected",
+            StaleReason::SlowOrigin => "stale-slow-origin",
+            StaleReason::ClientMaxStale => "stale-max-stale",
         }
     }
 }
@@ -411,5 +517,191 @@ mod tests {
             CacheOutcome::Revalidated { collapsed: true }.label(),
             "coalesced"
         );
+    }
+
+    /// A stored 200 of `body`, validated by `ETag: "v1"`, fresh for a minute.
+    fn stored(status: StatusCode, body: &'static [u8]) -> CachedResponse {
+        use crate::cache::{Timing, Variant};
+        use crate::config::FreshnessPolicy;
+        use crate::http::directives::ResponseDirectives;
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60"),
+        );
+        let now = Instant::now();
+        CachedResponse::new(
+            status,
+            headers.clone(),
+            ResponseDirectives::from_headers(&headers),
+            bytes::Bytes::from_static(body),
+            Variant::default(),
+            Timing::new(now, now, std::time::SystemTime::now()),
+            &FreshnessPolicy::with_ttl(std::time::Duration::from_secs(60)),
+        )
+    }
+
+    /// `entry` rendered as a hit for `method` with request `headers`.
+    fn render(
+        entry: &CachedResponse,
+        method: Method,
+        headers: &[(&'static str, &'static str)],
+    ) -> Answer {
+        let mut request = http::Request::builder().method(method).uri("/object");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let (parts, ()) = request.body(()).unwrap().into_parts();
+        from_entry(
+            entry,
+            CacheStatus::of(CacheOutcome::Hit),
+            &parts,
+            Instant::now(),
+        )
+    }
+
+    fn body_of(answer: &Answer) -> &[u8] {
+        match answer.response.body() {
+            ProxyBody::Full(Some(bytes)) => bytes,
+            ProxyBody::Full(None) => b"",
+            ProxyBody::Stream(_) => panic!("a stored answer is never streamed"),
+        }
+    }
+
+    fn header_of<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
+        answer
+            .response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    const BODY: &[u8] = b"0123456789abcdefghij";
+
+    #[test]
+    fn one_range_is_a_206_sharing_the_stored_bytes() {
+        let entry = stored(StatusCode::OK, BODY);
+        let answer = render(&entry, Method::GET, &[("range", "bytes=10-14")]);
+        assert_eq!(answer.response.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(body_of(&answer), b"abcde");
+        assert_eq!(header_of(&answer, "content-range"), Some("bytes 10-14/20"));
+        assert_eq!(header_of(&answer, "content-length"), Some("5"));
+        assert_eq!(header_of(&answer, "accept-ranges"), Some("bytes"));
+        assert_eq!(header_of(&answer, "etag"), Some("\"v1\""));
+        assert_eq!(header_of(&answer, "cache-control"), Some("max-age=60"));
+        assert!(header_of(&answer, "age").is_some());
+        assert_eq!(header_of(&answer, "cache-status"), Some("corral; hit"));
+        // Zero copy: the slice points into the stored body.
+        let ProxyBody::Full(Some(slice)) = answer.response.body() else {
+            panic!("no body");
+        };
+        assert_eq!(slice.as_ptr(), entry.body[10..].as_ptr());
+        for (range, text, content_range) in [
+            ("bytes=15-", &b"fghij"[..], "bytes 15-19/20"),
+            ("bytes=-3", b"hij", "bytes 17-19/20"),
+            ("bytes=0-", BODY, "bytes 0-19/20"),
+            ("bytes=18-500", b"ij", "bytes 18-19/20"),
+        ] {
+            let answer = render(&entry, Method::GET, &[("range", range)]);
+            assert_eq!(answer.response.status(), StatusCode::PARTIAL_CONTENT);
+            assert_eq!(body_of(&answer), text, "{range}");
+            assert_eq!(header_of(&answer, "content-range"), Some(content_range));
+        }
+    }
+
+    #[test]
+    fn full_answers_from_a_stored_200_say_accept_ranges() {
+        let entry = stored(StatusCode::OK, BODY);
+        let answer = render(&entry, Method::GET, &[]);
+        assert_eq!(answer.response.status(), StatusCode::OK);
+        assert_eq!(body_of(&answer), BODY);
+        assert_eq!(header_of(&answer, "accept-ranges"), Some("bytes"));
+        assert_eq!(header_of(&answer, "content-range"), None);
+    }
+
+    #[test]
+    fn unsatisfiable_ranges_are_a_416_naming_the_length() {
+        let entry = stored(StatusCode::OK, BODY);
+        for method in [Method::GET, Method::HEAD] {
+            let answer = render(&entry, method, &[("range", "bytes=20-")]);
+            assert_eq!(answer.response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+            assert_eq!(header_of(&answer, "content-range"), Some("bytes */20"));
+            assert_eq!(header_of(&answer, "content-length"), Some("0"));
+            assert_eq!(header_of(&answer, "content-type"), None);
+            assert_eq!(header_of(&answer, "cache-control"), None);
+            assert!(header_of(&answer, "date").is_some());
+            assert_eq!(header_of(&answer, "cache-status"), Some("corral; hit"));
+            assert_eq!(body_of(&answer), b"");
+        }
+    }
+
+    #[test]
+    fn several_ranges_and_ignored_ranges_get_the_whole_200() {
+        let entry = stored(StatusCode::OK, BODY);
+        for headers in [
+            &[("range", "bytes=0-1,5-6")][..],
+            &[("range", "items=0-1")],
+            &[("range", "bytes=5-1")],
+            &[("range", "bytes=0-1"), ("if-range", "\"v0\"")],
+            &[("range", "bytes=0-1"), ("if-range", "W/\"v1\"")],
+        ] {
+            let answer = render(&entry, Method::GET, headers);
+            assert_eq!(answer.response.status(), StatusCode::OK, "{headers:?}");
+            assert_eq!(body_of(&answer), BODY);
+            assert_eq!(header_of(&answer, "content-length"), Some("20"));
+            assert_eq!(header_of(&answer, "accept-ranges"), Some("bytes"));
+        }
+        let matching = render(
+            &entry,
+            Method::GET,
+            &[("range", "bytes=0-1"), ("if-range", "\"v1\"")],
+        );
+        assert_eq!(matching.response.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(body_of(&matching), b"01");
+    }
+
+    #[test]
+    fn head_with_a_range_is_the_206_head_without_a_body() {
+        let entry = stored(StatusCode::OK, BODY);
+        let answer = render(&entry, Method::HEAD, &[("range", "bytes=0-3")]);
+        assert_eq!(answer.response.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(header_of(&answer, "content-range"), Some("bytes 0-3/20"));
+        assert_eq!(header_of(&answer, "content-length"), Some("4"));
+        assert_eq!(body_of(&answer), b"");
+    }
+
+    #[test]
+    fn preconditions_come_before_the_range() {
+        let entry = stored(StatusCode::OK, BODY);
+        let answer = render(
+            &entry,
+            Method::GET,
+            &[("range", "bytes=0-3"), ("if-none-match", "\"v1\"")],
+        );
+        assert_eq!(answer.response.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(header_of(&answer, "content-range"), None);
+        assert_eq!(body_of(&answer), b"");
+        let unsatisfiable = render(
+            &entry,
+            Method::GET,
+            &[("range", "bytes=99-"), ("if-none-match", "\"v1\"")],
+        );
+        assert_eq!(unsatisfiable.response.status(), StatusCode::NOT_MODIFIED);
+    }
+
+    #[test]
+    fn only_stored_200s_answer_ranges() {
+        let entry = stored(StatusCode::NOT_FOUND, BODY);
+        let answer = render(&entry, Method::GET, &[("range", "bytes=0-3")]);
+        assert_eq!(answer.response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(body_of(&answer), BODY);
+        assert_eq!(header_of(&answer, "accept-ranges"), None);
+        let entry = stored(StatusCode::OK, BODY);
+        let answer = render(&entry, Method::POST, &[("range", "bytes=0-3")]);
+        assert_eq!(answer.response.status(), StatusCode::OK);
+        assert_eq!(body_of(&answer), BODY);
     }
 }

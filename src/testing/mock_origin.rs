@@ -1,7 +1,9 @@
 //! An in-process HTTP origin for the demo, the integration tests and the
 //! benchmarks. It counts every request it receives, and each path can be
 //! scripted to answer, answer slowly, fail, hang, reset the connection, break
-//! its body midway, or wait on a [`Gate`] the caller opens.
+//! its body midway, or wait on a [`Gate`] the caller opens. It can also shed
+//! load the way a rate-limited origin does: past a number of requests in
+//! flight, it answers a fixed reply (a 429, say) at once ([`MockOrigin::shed_beyond`]).
 //!
 //! It binds `127.0.0.1:0`; nothing here is meant for production traffic.
 
@@ -183,6 +185,14 @@ struct State {
     hits: watch::Sender<u64>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Past how many admitted requests in flight new ones get the reply.
+    shedding: Mutex<Option<(usize, Reply)>>,
+    /// Requests admitted under `shedding` and not yet answered.
+    admitted: AtomicUsize,
+    /// Requests answered with the shedding reply.
+    shed: AtomicU64,
+    /// Client connections accepted and not yet closed.
+    connections: AtomicUsize,
 }
 
 /// A running in-process origin. Stops accepting when dropped.
@@ -211,6 +221,10 @@ impl MockOrigin {
             hits: watch::channel(0).0,
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            shedding: Mutex::new(None),
+            admitted: AtomicUsize::new(0),
+            shed: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
         });
         let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
         Ok(MockOrigin {
@@ -273,6 +287,27 @@ impl MockOrigin {
     pub fn max_in_flight(&self) -> usize {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
+
+    /// Sheds load as a rate-limited origin does: while `limit` requests are
+    /// being answered, any further request gets `reply` (after its delay, if
+    /// any) instead of its script. Shed requests count in [`hits`](Self::hits)
+    /// and [`shed`](Self::shed), not in [`hits_on`](Self::hits_on) or
+    /// [`max_in_flight`](Self::max_in_flight). Off until called.
+    pub fn shed_beyond(&self, limit: usize, reply: Reply) {
+        if let Ok(mut shedding) = self.state.shedding.lock() {
+            *shedding = Some((limit, reply));
+        }
+    }
+
+    /// Requests answered with the [`shed_beyond`](Self::shed_beyond) reply so far.
+    pub fn shed(&self) -> u64 {
+        self.state.shed.load(Ordering::SeqCst)
+    }
+
+    /// Client connections open right now (accepted and not yet closed).
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
@@ -282,6 +317,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let open = OpenConnection::enter(Arc::clone(&state));
         let state = Arc::clone(&state);
         let service = service_fn(move |request| {
             let state = Arc::clone(&state);
@@ -292,7 +328,45 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             .into_owned();
         tokio::spawn(async move {
             let _ = connection.await;
+            drop(open);
         });
+    }
+}
+
+/// Counts an accepted connection as open until dropped.
+struct OpenConnection(Arc<State>);
+
+impl OpenConnection {
+    fn enter(state: Arc<State>) -> OpenConnection {
+        state.connections.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(state)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Holds one of the places [`MockOrigin::shed_beyond`] allows, if there is one free.
+struct Admitted<'a>(&'a State);
+
+impl<'a> Admitted<'a> {
+    fn enter(state: &'a State, limit: usize) -> Option<Admitted<'a>> {
+        state
+            .admitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |admitted| {
+                (admitted < limit).then_some(admitted + 1)
+            })
+            .ok()
+            .map(|_| Admitted(state))
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -338,6 +412,18 @@ async fn answer(
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_owned();
+    let shedding = state.shedding.lock().ok().and_then(|s| s.clone());
+    let _admitted = match shedding {
+        Some((limit, reply)) => match Admitted::enter(state, limit) {
+            Some(admitted) => Some(admitted),
+            None => {
+                state.shed.fetch_add(1, Ordering::SeqCst);
+                state.hits.send_modify(|hits| *hits += 1);
+                return perform(reply.into()).await;
+            }
+        },
+        None => None,
+    };
     let scripted = state
         .paths
         .lock()

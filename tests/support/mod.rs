@@ -140,27 +140,32 @@ impl Setup {
     /// Starts corral with this config on ephemeral loopback ports (listen
     /// addresses in the config are ignored).
     pub async fn start(&self) -> TestProxy {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .expect("bind proxy");
-        let admin = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .expect("bind admin");
-        let addr = listener.local_addr().expect("proxy addr");
-        let admin_addr = admin.local_addr().expect("admin addr");
-        let corral = Corral::new(&self.config()).expect("corral builds");
-        let proxy = corral.proxy().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(corral.serve(listener, admin, async move {
-            let _ = stopped.await;
-        }));
-        TestProxy {
-            addr,
-            admin: admin_addr,
-            proxy,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        serve(Corral::new(&self.config()).expect("corral builds")).await
+    }
+}
+
+/// Serves `corral` (built by the caller, e.g. with a shared tier or from the
+/// quick start's config) on ephemeral loopback ports.
+pub async fn serve(corral: Corral) -> TestProxy {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind proxy");
+    let admin = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind admin");
+    let addr = listener.local_addr().expect("proxy addr");
+    let admin_addr = admin.local_addr().expect("admin addr");
+    let proxy = corral.proxy().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(corral.serve(listener, admin, async move {
+        let _ = stopped.await;
+    }));
+    TestProxy {
+        addr,
+        admin: admin_addr,
+        proxy,
+        stop: Some(stop),
+        task: Some(task),
     }
 }
 
