@@ -52,7 +52,7 @@ impl Proxy {
         let now = Instant::now();
         // The variant this request selects, fresh or not: looked up once
         // here, and once more by a leader (a flight may have landed between).
-        let mut stored = state.cache.select(key, &parts.headers);
+        let stored = state.cache.select(key, &parts.headers);
         if let Some(entry) = &stored {
             match entry.reuse(now, wishes, &route.freshness) {
                 Reuse::Fresh => return render::hit(entry, parts, now),
@@ -67,6 +67,34 @@ impl Proxy {
                 Reuse::Stale { .. } => {}
             }
         }
+        self.miss(cx, route, stored).await
+    }
+
+    /// A request the cache could not answer as it is: refused when the
+    /// client said `only-if-cached`, passed when the key is marked
+    /// hit-for-pass, else it joins the key's flight, as its leader or as a
+    /// follower. `stored` is the variant it found, unusable as it is.
+    ///
+    /// Boxed: a hit's future never carries the miss's state.
+    fn miss<'a>(
+        &'a self,
+        cx: &'a RequestContext<'a>,
+        route: &'a Route,
+        stored: Option<Arc<CachedResponse>>,
+    ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
+        Box::pin(self.miss_inline(cx, route, stored))
+    }
+
+    async fn miss_inline(
+        &self,
+        cx: &RequestContext<'_>,
+        route: &Route,
+        mut stored: Option<Arc<CachedResponse>>,
+    ) -> Answer {
+        let state = &self.state;
+        let (parts, key) = (cx.parts, &cx.key);
+        let wishes = cx.wishes();
+        let now = Instant::now();
         if wishes.only_if_cached {
             return ProxyError::NotCached.into_answer(CacheOutcome::Error, cx.path());
         }
