@@ -132,17 +132,25 @@ pub fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
     }
 }
 
+/// Building header maps in unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use http::header::{HeaderMap, HeaderValue};
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    /// A header map holding `pairs`, repeated names as separate lines.
+    pub(crate) fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
             map.append(*name, HeaderValue::from_static(value));
         }
         map
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::headers;
+    use super::*;
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {

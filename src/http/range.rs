@@ -231,6 +231,7 @@ fn single_line<'a>(headers: &'a HeaderMap, name: &header::HeaderName) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::test_support::headers;
     use http::header::HeaderValue;
 
     /// The RFC 9110 §14.1.2 examples' representation length.
@@ -238,14 +239,6 @@ mod tests {
 
     fn one(first: u64, last: u64) -> Ranges {
         Ranges::One(ByteRange { first, last })
-    }
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
     }
 
     #[test]

@@ -253,7 +253,7 @@ impl Proxy {
                 role,
             ) if matches!(role, Role::Leader(_)) || response.variant.matches(&parts.headers) => {
                 if response.status.is_server_error()
-                    && let Some(stale) = self.stale_if_error(cx, route, stored)
+                    && let Some(stale) = self.stale_for(cx, route, stored, StaleReason::IfError)
                 {
                     return Next::Answer(stale);
                 }
@@ -299,8 +299,8 @@ impl Proxy {
             (Err(WaitError::TimedOut), _) => {
                 // Invariant 6: stale content if the origin allows it, else 504.
                 let stale = self
-                    .stale_if_error(cx, route, stored)
-                    .or_else(|| self.stale_if_disconnected(cx, route, stored));
+                    .stale_for(cx, route, stored, StaleReason::IfError)
+                    .or_else(|| self.stale_for(cx, route, stored, StaleReason::Disconnected));
                 Next::Answer(stale.unwrap_or_else(|| {
                     ProxyError::LockTimeout.into_answer(CacheOutcome::Coalesced, cx.path())
                 }))
@@ -333,43 +333,36 @@ impl Proxy {
         }));
     }
 
-    /// `stored`, rendered, if the client and the origin allow it to be served
-    /// because the origin failed or answered 5xx (stale-if-error).
-    fn stale_if_error(
+    /// `stored`, rendered as a stale answer for `reason`, if it may be served
+    /// for it: [`StaleReason::IfError`] when the client and the origin allow
+    /// it because the origin failed or answered 5xx (stale-if-error);
+    /// [`StaleReason::Disconnected`] when the origin cannot be reached, the
+    /// origin did not forbid stale use, and it is no more than the route's
+    /// `stale_if_disconnected` past its freshness.
+    fn stale_for(
         &self,
         cx: &RequestContext<'_>,
         route: &Route,
         stored: Option<&Arc<CachedResponse>>,
+        reason: StaleReason,
     ) -> Option<Answer> {
         let now = Instant::now();
         let entry = stored?;
-        let allowed = matches!(
-            entry.reuse(now, cx.wishes(), &route.freshness),
-            Reuse::Fresh
-                | Reuse::Stale {
-                    may_serve_if_error: true,
-                    ..
-                }
-        );
+        let allowed = match reason {
+            StaleReason::Disconnected => servable_disconnected(entry, route, now),
+            _ => matches!(
+                entry.reuse(now, cx.wishes(), &route.freshness),
+                Reuse::Fresh
+                    | Reuse::Stale {
+                        may_serve_if_error: true,
+                        ..
+                    }
+            ),
+        };
         allowed.then(|| {
-            let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::IfError));
+            let status = CacheStatus::of(CacheOutcome::Stale(reason));
             render::from_entry(entry, status, cx.parts, now)
         })
-    }
-
-    /// `stored`, rendered, if it may be served because the origin cannot be
-    /// reached: the origin did not forbid stale use, and it is no more than
-    /// the route's `stale_if_disconnected` past its freshness.
-    fn stale_if_disconnected(
-        &self,
-        cx: &RequestContext<'_>,
-        route: &Route,
-        stored: Option<&Arc<CachedResponse>>,
-    ) -> Option<Answer> {
-        let now = Instant::now();
-        let entry = stored.filter(|entry| servable_disconnected(entry, route, now))?;
-        let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::Disconnected));
-        Some(render::from_entry(entry, status, cx.parts, now))
     }
 
     /// Resolves, after the route's `stale_deadline`, to `stored` when it could
@@ -417,12 +410,14 @@ impl Proxy {
                     let status = CacheStatus::of(CacheOutcome::Stale(reason));
                     render::from_entry(entry, status, cx.parts, Instant::now())
                 }),
-            None => self.stale_if_error(cx, route, stored).or_else(|| {
-                error
-                    .is_disconnection()
-                    .then(|| self.stale_if_disconnected(cx, route, stored))
-                    .flatten()
-            }),
+            None => self
+                .stale_for(cx, route, stored, StaleReason::IfError)
+                .or_else(|| {
+                    error
+                        .is_disconnection()
+                        .then(|| self.stale_for(cx, route, stored, StaleReason::Disconnected))
+                        .flatten()
+                }),
         };
         stale.unwrap_or_else(|| ProxyError::Origin(error).into_answer(outcome, cx.path()))
     }
