@@ -405,6 +405,7 @@ enum Failure {
 async fn after_the_origin_fails(
     failure: Failure,
     stale_if_error: Option<Duration>,
+    client_says: &[(&str, &str)],
 ) -> support::Seen {
     let origin = MockOrigin::start().await.expect("mock origin starts");
     origin.on("/item", move |seen| {
@@ -434,7 +435,7 @@ async fn after_the_origin_fails(
     let url = corral.url("/item");
     assert_eq!(support::get(&client, &url).await.text(), "stored");
     tokio::time::advance(Duration::from_millis(2_500)).await;
-    let seen = support::get(&client, &url).await;
+    let seen = support::get_with(&client, &url, client_says).await;
     corral.shutdown().await;
     seen
 }
@@ -442,15 +443,15 @@ async fn after_the_origin_fails(
 #[tokio::test(start_paused = true)]
 async fn with_the_origin_down_the_quick_start_keeps_answering_from_the_cache() {
     // A 500 is an answer: serving stale over it needs permission.
-    let error = after_the_origin_fails(Failure::ServerError, None).await;
+    let error = after_the_origin_fails(Failure::ServerError, None, &[]).await;
     assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR, "{error:?}");
     // Disconnected: served stale by default (RFC 9111 §4.2.4), saying why.
-    let reset = after_the_origin_fails(Failure::Reset, None).await;
+    let reset = after_the_origin_fails(Failure::Reset, None, &[]).await;
     assert_eq!((reset.status, reset.text()), (StatusCode::OK, "stored"));
     assert_eq!(reset.cache_status, "corral; hit; detail=stale-disconnected");
     // A hanging origin holds the client for stale_deadline (1 s), not the
     // 10 s first-byte timeout.
-    let hang = after_the_origin_fails(Failure::Hang, None).await;
+    let hang = after_the_origin_fails(Failure::Hang, None, &[]).await;
     assert_eq!((hang.status, hang.text()), (StatusCode::OK, "stored"));
     assert_eq!(hang.cache_status, "corral; hit; detail=stale-slow-origin");
 }
@@ -458,11 +459,24 @@ async fn with_the_origin_down_the_quick_start_keeps_answering_from_the_cache() {
 #[tokio::test(start_paused = true)]
 async fn with_stale_if_error_the_quick_start_hides_a_500_too() {
     let window = Some(Duration::from_secs(60));
-    let error = after_the_origin_fails(Failure::ServerError, window).await;
+    let error = after_the_origin_fails(Failure::ServerError, window, &[]).await;
     assert_eq!((error.status, error.text()), (StatusCode::OK, "stored"));
     assert_eq!(error.cache_status, "corral; hit; detail=stale-if-error");
-    let reset = after_the_origin_fails(Failure::Reset, window).await;
+    let reset = after_the_origin_fails(Failure::Reset, window, &[]).await;
     assert_eq!(reset.cache_status, "corral; hit; detail=stale-if-error");
-    let hang = after_the_origin_fails(Failure::Hang, window).await;
+    let hang = after_the_origin_fails(Failure::Hang, window, &[]).await;
     assert_eq!(hang.cache_status, "corral; hit; detail=stale-slow-origin");
+}
+
+/// Item 7, the client's side of RFC 9111 §4.2.4: a client that asks for the
+/// origin's word (`no-cache`, `max-age`) is not handed a stale copy because
+/// the origin is down or slow; it gets the failure.
+#[tokio::test(start_paused = true)]
+async fn a_client_asking_for_the_origins_word_is_not_served_stale_while_it_is_down() {
+    let no_cache = [("cache-control", "no-cache")];
+    let reset = after_the_origin_fails(Failure::Reset, None, &no_cache).await;
+    assert_eq!(reset.status, StatusCode::BAD_GATEWAY, "{reset:?}");
+    let max_age = [("cache-control", "max-age=0")];
+    let hang = after_the_origin_fails(Failure::Hang, None, &max_age).await;
+    assert_eq!(hang.status, StatusCode::GATEWAY_TIMEOUT, "{hang:?}");
 }

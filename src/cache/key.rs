@@ -116,11 +116,29 @@ fn split_part(text: &str) -> Option<(&str, &str)> {
 /// RFC 3986 §3.2.2) and the default port 80 dropped, so one URL never takes
 /// several keys. Borrows when it is canonical already.
 pub fn canonical_authority(authority: &str) -> std::borrow::Cow<'_, str> {
-    let trimmed = authority.strip_suffix(":80").unwrap_or(authority);
-    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(trimmed.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(trimmed)
+    use std::borrow::Cow;
+    // The port is what follows the last `:` after any bracketed IPv6 host.
+    let host_end = authority.rfind(']').map_or(0, |at| at + 1);
+    let (host, port) = match authority[host_end..].rfind(':') {
+        Some(at) => authority.split_at(host_end + at),
+        None => (authority, ""),
+    };
+    let lower = |text: &str| text.bytes().any(|b| b.is_ascii_uppercase());
+    match port.strip_prefix(':').map(str::parse::<u16>) {
+        // No port, or the default however written: the host alone.
+        None | Some(Ok(80)) if !lower(host) => Cow::Borrowed(host),
+        None | Some(Ok(80)) => Cow::Owned(host.to_ascii_lowercase()),
+        // Any other port written the one way (`08080` is `8080`).
+        Some(Ok(port)) => {
+            let canonical = format!("{}:{port}", host.to_ascii_lowercase());
+            if canonical == authority {
+                Cow::Borrowed(authority)
+            } else {
+                Cow::Owned(canonical)
+            }
+        }
+        // Not a port: admission refuses such hosts before they get here.
+        Some(Err(_)) => Cow::Owned(authority.to_ascii_lowercase()),
     }
 }
 
@@ -149,6 +167,14 @@ mod tests {
     #[test]
     fn canonical_authority_lowercases_and_drops_the_default_port() {
         assert_eq!(canonical_authority("Shop.Example:80"), "shop.example");
+        assert_eq!(canonical_authority("shop.example:080"), "shop.example");
+        assert_eq!(
+            canonical_authority("shop.example:08080"),
+            "shop.example:8080"
+        );
+        assert_eq!(canonical_authority("[::1]:80"), "[::1]");
+        assert_eq!(canonical_authority("[::1]"), "[::1]");
+        assert_eq!(canonical_authority("[::1]:8080"), "[::1]:8080");
         assert_eq!(
             canonical_authority("shop.example:8080"),
             "shop.example:8080"

@@ -21,6 +21,7 @@ use crate::cache::CachedResponse;
 use crate::cache::policy::{PassReason, Reuse};
 use crate::coalesce::{Join, Leader, WaitError};
 use crate::config::Route;
+use crate::http::directives::RequestDirectives;
 use crate::origin::{OriginError, Refusal};
 
 /// Who is reading a flight's outcome.
@@ -137,7 +138,7 @@ impl Proxy {
                     state.metrics.flight_followers.inc();
                     let waited = {
                         let _waiting = GaugeGuard::new(&state.metrics.followers_waiting);
-                        let slow = self.stale_for_slow_origin(route, stored.as_ref());
+                        let slow = self.stale_for_slow_origin(cx, route, stored.as_ref());
                         tokio::select! {
                             waited = follower.wait(deadline) => waited,
                             Some(entry) = slow => {
@@ -202,7 +203,7 @@ impl Proxy {
                 leader,
                 private: Some(private),
             }));
-            let slow = self.stale_for_slow_origin(route, stored.as_ref());
+            let slow = self.stale_for_slow_origin(cx, route, stored.as_ref());
             let waited = tokio::select! {
                 waited = own.outcome() => waited,
                 // The fetch goes on for the cache; this client has waited enough.
@@ -349,7 +350,7 @@ impl Proxy {
         let now = Instant::now();
         let entry = stored?;
         let allowed = match reason {
-            StaleReason::Disconnected => servable_disconnected(entry, route, now),
+            StaleReason::Disconnected => servable_disconnected(entry, route, cx.wishes(), now),
             _ => matches!(
                 entry.reuse(now, cx.wishes(), &route.freshness),
                 Reuse::Fresh
@@ -370,13 +371,15 @@ impl Proxy {
     /// does not wait on a slow origin for longer. Never resolves otherwise.
     fn stale_for_slow_origin(
         &self,
+        cx: &RequestContext<'_>,
         route: &Route,
         stored: Option<&Arc<CachedResponse>>,
     ) -> impl Future<Output = Option<Arc<CachedResponse>>> + Send + 'static {
         let now = Instant::now();
+        let at_deadline = now + route.stale_deadline;
         let usable = stored
             .filter(|_| !route.stale_deadline.is_zero())
-            .filter(|entry| servable_disconnected(entry, route, now + route.stale_deadline))
+            .filter(|entry| servable_disconnected(entry, route, cx.wishes(), at_deadline))
             .cloned();
         let deadline = now + route.stale_deadline;
         async move {
@@ -424,10 +427,20 @@ impl Proxy {
 }
 
 /// Whether `entry` may be served at `now` while the origin cannot be reached:
-/// the origin did not forbid stale use, and it is no more than the route's
+/// neither the origin nor the client forbade stale use (RFC 9111 §4.2.4: the
+/// client's `no-cache`, `max-age` and `min-fresh` ask for the origin's word;
+/// `max-stale` only widens), and it is no more than the route's
 /// `stale_if_disconnected` past its freshness.
-fn servable_disconnected(entry: &CachedResponse, route: &Route, now: Instant) -> bool {
-    !route.stale_if_disconnected.is_zero()
+fn servable_disconnected(
+    entry: &CachedResponse,
+    route: &Route,
+    wishes: &RequestDirectives,
+    now: Instant,
+) -> bool {
+    let client_accepts_stale =
+        !wishes.no_cache && wishes.max_age.is_none() && wishes.min_fresh.is_none();
+    client_accepts_stale
+        && !route.stale_if_disconnected.is_zero()
         && entry.may_serve_disconnected()
         && entry.staleness(now) <= route.stale_if_disconnected
 }

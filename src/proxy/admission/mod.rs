@@ -356,11 +356,14 @@ fn is_valid_authority(text: &str) -> bool {
     let Ok(authority) = text.parse::<Authority>() else {
         return false;
     };
-    // The text after the host, if any, must be `:` and a port that fits u16
-    // (the parser above takes any run of digits).
-    let after_host = text[authority.host().len()..].strip_prefix(':');
-    let port_valid = after_host
-        .is_none_or(|port| port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok());
+    // The text after the host must be nothing, or `:` and a port that fits
+    // u16 (the parser takes any run of digits, and after a bracketed IPv6
+    // host it stops without complaint at whatever follows).
+    let after_host = text.get(authority.host().len()..).unwrap_or("x");
+    let port_valid = after_host.is_empty()
+        || after_host.strip_prefix(':').is_some_and(|port| {
+            port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
+        });
     !authority.host().is_empty() && port_valid
 }
 

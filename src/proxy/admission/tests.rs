@@ -152,7 +152,18 @@ fn host_must_be_one_valid_host_and_port() {
     assert!(addressed(get()).is_err(), "HTTP/1.1 without Host");
     assert!(addressed(get().header("host", "a").header("host", "a")).is_err());
     for bad in [
-        "", "a/b", "a b", "user@a", "a:", "a:99999", "a:x", "a?b", "a#b", "[::1",
+        "",
+        "a/b",
+        "a b",
+        "user@a",
+        "a:",
+        "a:99999",
+        "a:x",
+        "a?b",
+        "a#b",
+        "[::1",
+        "[::1]junk",
+        "[::1]:80x",
     ] {
         assert!(addressed(get().header("host", bad)).is_err(), "{bad:?}");
     }

@@ -171,7 +171,9 @@ pub fn from_entry(
     let head = parts.method == Method::HEAD;
     let ranged = entry.status == StatusCode::OK && (head || parts.method == Method::GET);
     let complete = u64::try_from(entry.body.len()).unwrap_or(u64::MAX);
-    let ranges = if ranged && request.contains_key(header::RANGE) {
+    // Range handling is defined for GET alone; a HEAD ignores `Range` (RFC
+    // 9110 §14.2), so it learns the whole representation's length.
+    let ranges = if ranged && !head && request.contains_key(header::RANGE) {
         range::requested_ranges(request, &entry.headers, complete)
     } else {
         Ranges::Ignore
