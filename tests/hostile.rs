@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use support::Setup;
+use support::raw_client::{find, status_of};
 use support::raw_origin::{BodyMode, RawOrigin, RawRequest, is_tchar};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -156,8 +157,7 @@ struct Answer {
 
 impl Answer {
     fn status(&self) -> Option<u16> {
-        let line = self.bytes.strip_prefix(b"HTTP/1.1 ")?;
-        std::str::from_utf8(line.get(..3)?).ok()?.parse().ok()
+        status_of(&self.bytes)
     }
 
     /// How many status lines (responses) arrived. Bodies here are the
@@ -188,10 +188,6 @@ impl std::fmt::Display for Answer {
             String::from_utf8_lossy(&self.bytes)
         )
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Connects to `addr`, writes `bytes`, and reads until the server closes the

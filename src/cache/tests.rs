@@ -5,6 +5,7 @@ use super::memory::*;
 use super::*;
 use crate::config::FreshnessPolicy;
 use crate::http::directives::{CORRAL_CACHE_CONTROL, ResponseDirectives};
+use crate::http::test_support::headers;
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderValue};
@@ -73,14 +74,6 @@ fn entry_with(body: &'static [u8], fresh_for: Duration, variant: Variant) -> Arc
 
 fn entry(body: &'static [u8], fresh_for: Duration) -> Arc<CachedResponse> {
     entry_with(body, fresh_for, Variant::default())
-}
-
-fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in pairs {
-        map.append(*name, HeaderValue::from_static(value));
-    }
-    map
 }
 
 #[tokio::test(start_paused = true)]

@@ -194,6 +194,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::http::test_support::headers;
 
     fn route(extra: &str) -> Route {
         let text = format!("[origin]\nurl = \"http://o:1\"\n[[route]]\nmatch = \"/\"\n{extra}");
@@ -201,19 +202,11 @@ mod tests {
         config.route_table().routes()[0].clone()
     }
 
-    fn client_headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
-
     const CLIENT: &str = "10.1.2.3:4567";
 
     #[test]
     fn a_fill_never_carries_the_clients_framing_or_unlisted_fields() {
-        let sent = client_headers(&[
+        let sent = headers(&[
             ("content-length", "5"),
             ("transfer-encoding", "chunked"),
             ("expect", "100-continue"),
@@ -252,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_listed_field_is_forwarded_as_the_client_sent_it() {
-        let sent = client_headers(&[
+        let sent = headers(&[
             ("x-forwarded-host", "shop.example"),
             ("origin", "https://a.example"),
         ]);
@@ -264,7 +257,7 @@ mod tests {
 
     #[test]
     fn ignored_cache_directives_are_not_forwarded() {
-        let sent = client_headers(&[("cache-control", "no-cache"), ("pragma", "no-cache")]);
+        let sent = headers(&[("cache-control", "no-cache"), ("pragma", "no-cache")]);
         let headers = fill_headers(&sent, CLIENT.parse().unwrap(), &route(""), None, false);
         assert!(!headers.contains_key("cache-control"));
         assert!(!headers.contains_key("pragma"));
@@ -272,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_bodiless_pass_carries_no_length_and_never_expect() {
-        let sent = client_headers(&[
+        let sent = headers(&[
             ("content-length", "5"),
             ("expect", "100-continue"),
             ("x-app", "1"),
@@ -288,7 +281,7 @@ mod tests {
 
     #[test]
     fn a_pass_on_a_cacheable_route_replaces_forwarding_fields() {
-        let sent = client_headers(&[("x-forwarded-for", "6.6.6.6"), ("x-original-url", "/admin")]);
+        let sent = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-original-url", "/admin")]);
         let cached = route("");
         let headers = pass_headers(&sent, CLIENT.parse().unwrap(), Some(&cached), None, false);
         assert_eq!(headers["x-forwarded-for"], "10.1.2.3");

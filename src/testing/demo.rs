@@ -292,14 +292,17 @@ fn clients_within(limit: Option<u64>, wanted: usize) -> (usize, Option<String>) 
     (room, Some(note))
 }
 
-/// Waits, boundedly, until `done` holds; polls every millisecond.
+/// Waits, boundedly, until `done` (a connection counter of the origin or of
+/// corral, both in this process) holds: it checks again each time the
+/// runtime has run the other tasks, the ones that move the counter, and
+/// never sleeps.
 async fn settle(done: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     while !done() {
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
     }
     true
 }

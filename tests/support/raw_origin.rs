@@ -25,7 +25,7 @@ const MAX_HEAD: usize = 64 * 1024;
 pub enum BodyMode {
     /// A strict origin: reads the whole declared body, then answers.
     ReadBodyThenAnswer,
-    /// An origin that answers early (as nginx or Node may): writes the reply
+    /// An origin that answers early (as many HTTP servers may): writes the reply
     /// right after the head, then reads and discards the declared body as the
     /// next bytes on the connection, recording them as that request's body.
     /// A dangling `Content-Length` therefore swallows the next pooled request.

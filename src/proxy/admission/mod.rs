@@ -208,9 +208,8 @@ impl Admission {
             return Ok(None);
         }
         let listed = addressed.and_then(|addressed| {
-            let authority = addressed.parse::<Authority>().ok()?;
-            let port = authority.port_u16().unwrap_or(80);
-            let host = authority.host();
+            let HostPort { host, port } = host_port(addressed)?;
+            let port = port.unwrap_or(80);
             route
                 .hosts
                 .iter()
@@ -311,14 +310,14 @@ fn addressed_authority(parts: &Parts) -> Result<Option<&str>, &'static str> {
             value
                 .to_str()
                 .ok()
-                .filter(|host| is_valid_authority(host))
+                .filter(|host| host_port(host).is_some())
                 .ok_or("the Host header is not a valid host[:port]")?,
         ),
         None => None,
     };
     let target = parts.uri.authority().map(Authority::as_str);
     if let Some(target) = target
-        && !is_valid_authority(target)
+        && host_port(target).is_none()
     {
         return Err("the request target's authority is not a valid host[:port]");
     }
@@ -347,24 +346,67 @@ fn addressed_authority(parts: &Parts) -> Result<Option<&str>, &'static str> {
     Ok(target.or(host))
 }
 
-/// Whether `text` is a `host[:port]` with a non-empty host, no user info and,
-/// when a port is given, a valid one.
-fn is_valid_authority(text: &str) -> bool {
-    if text.is_empty() || text.contains('@') || text.ends_with(':') {
-        return false;
-    }
-    let Ok(authority) = text.parse::<Authority>() else {
-        return false;
-    };
-    // The text after the host must be nothing, or `:` and a port that fits
-    // u16 (the parser takes any run of digits, and after a bracketed IPv6
-    // host it stops without complaint at whatever follows).
-    let after_host = text.get(authority.host().len()..).unwrap_or("x");
-    let port_valid = after_host.is_empty()
-        || after_host.strip_prefix(':').is_some_and(|port| {
-            port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
+/// A validated `host[:port]`, borrowed from the text it was read from.
+struct HostPort<'a> {
+    /// A reg-name, an IPv4 address, or a bracketed IPv6 literal.
+    host: &'a str,
+    /// The port, when the text named one.
+    port: Option<u16>,
+}
+
+/// Reads `text` as `host[:port]` (RFC 3986 §3.2.2 and §3.2.3, as RFC 9110
+/// §7.2 uses them for `Host`), without allocating: every request's `Host`
+/// passes here. The host is a non-empty reg-name (unreserved, sub-delims and
+/// percent-encoded octets, so no user info, path, query or space) or a
+/// bracketed IPv6 literal; then nothing, or `:` and a port that fits u16.
+fn host_port(text: &str) -> Option<HostPort<'_>> {
+    let host_len = if text.starts_with('[') {
+        let close = text.find(']')?;
+        let literal = &text[1..close];
+        let ipv6 = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
+        (!literal.is_empty() && literal.bytes().all(ipv6)).then_some(close + 1)?
+    } else {
+        let end = text.find(':').unwrap_or(text.len());
+        let reg_name = &text.as_bytes()[..end];
+        let valid = reg_name.iter().enumerate().all(|(at, &b)| match b {
+            b'%' => reg_name
+                .get(at + 1..at + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)),
+            _ => {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                    )
+            }
         });
-    !authority.host().is_empty() && port_valid
+        (end > 0 && valid).then_some(end)?
+    };
+    let (host, rest) = text.split_at(host_len);
+    let port = match rest.strip_prefix(':') {
+        None if rest.is_empty() => None,
+        None => return None,
+        Some(digits) => {
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some(digits.parse::<u16>().ok()?)
+        }
+    };
+    Some(HostPort { host, port })
 }
 
 /// The size of the request head as it was (about) sent in HTTP/1.1.
