@@ -62,7 +62,7 @@ impl Admin {
             ("GET", "/metrics") => self.metrics(),
             ("PURGE", cache_path) if cache_path.starts_with("/cache/") => {
                 let target = &cache_path["/cache".len()..];
-                let purged = self.proxy.cache().purge(&[target.to_owned()], &[]);
+                let purged = self.proxy.purge(&[target.to_owned()], &[]).await;
                 tracing::info!(path = target, purged, "purged by admin");
                 json(StatusCode::OK, &serde_json::json!({ "purged": purged }))
             }
@@ -146,7 +146,7 @@ impl Admin {
             .into_iter()
             .map(|p| p.trim_end_matches('*').to_owned())
             .collect();
-        let purged = self.proxy.cache().purge(&exact, &prefixes);
+        let purged = self.proxy.purge(&exact, &prefixes).await;
         tracing::info!(?exact, ?prefixes, purged, "purged by admin");
         json(StatusCode::OK, &serde_json::json!({ "purged": purged }))
     }

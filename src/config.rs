@@ -140,6 +140,10 @@ pub struct Config {
     /// Logging settings.
     #[serde(default)]
     pub log: LogConfig,
+    /// The fleet: instances sharing a cache tier and one fetch per key in
+    /// Redis. Absent: this instance is on its own.
+    #[serde(default)]
+    pub fleet: FleetConfig,
     /// Routes in match order; a request matching none is passed through uncached.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -166,6 +170,95 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { access_log: true }
+    }
+}
+
+/// Default prefix of every Redis key and channel the fleet uses.
+pub const DEFAULT_FLEET_KEY_PREFIX: &str = "corral:";
+/// Default most time any one Redis round trip may add to a request.
+pub const DEFAULT_FLEET_LOOKUP_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default lease of the fleet's fetch lock; the holder renews it while it fetches.
+pub const DEFAULT_FLEET_LOCK_LEASE: Duration = Duration::from_secs(5);
+/// Default largest entry written to Redis; larger ones stay in this instance's cache.
+pub const DEFAULT_FLEET_MAX_VALUE_SIZE: ByteSize = ByteSize::mib(1);
+
+/// `[fleet]`: a cache tier and a fetch lock shared by every instance through
+/// Redis (or Valkey). Without `redis`, the instance coalesces on its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// `redis://[user:password@]host:port[/db]`; absent: no fleet.
+    pub redis: Option<Spanned<String>>,
+    /// Prefix of every key and channel the fleet writes, so several fleets
+    /// (or other applications) can share one Redis.
+    pub key_prefix: String,
+    /// The most any Redis round trip may add to a request: past it the
+    /// request goes on as if this instance were alone.
+    #[serde(with = "humantime_serde")]
+    pub lookup_timeout: Duration,
+    /// How long the fleet's fetch lock for a key outlives a holder that stops
+    /// renewing it (a holder renews it every third of the lease while it fetches).
+    #[serde(with = "humantime_serde")]
+    pub lock_lease: Duration,
+    /// Largest stored answer (encoded) written to Redis; larger answers stay
+    /// in this instance's cache only.
+    pub max_value_size: ByteSize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            redis: None,
+            key_prefix: DEFAULT_FLEET_KEY_PREFIX.to_owned(),
+            lookup_timeout: DEFAULT_FLEET_LOOKUP_TIMEOUT,
+            lock_lease: DEFAULT_FLEET_LOCK_LEASE,
+            max_value_size: DEFAULT_FLEET_MAX_VALUE_SIZE,
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Every problem with this table, each with the span it is about.
+    fn problems(&self) -> Vec<(Range<usize>, String)> {
+        let mut problems = Vec::new();
+        let span = self.redis.as_ref().map(|url| url.span()).unwrap_or(0..0);
+        if let Some(url) = &self.redis {
+            let text = url.get_ref();
+            if !text.starts_with("redis://") {
+                problems.push((
+                    span.clone(),
+                    format!("fleet.redis {text:?} must be a redis:// URL"),
+                ));
+            } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(text.as_str()) {
+                problems.push((span.clone(), format!("fleet.redis {text:?}: {e}")));
+            }
+        }
+        if self.lookup_timeout.is_zero() || self.lookup_timeout > MAX_DURATION {
+            problems.push((
+                span.clone(),
+                "fleet.lookup_timeout must be longer than zero and at most ten years".to_owned(),
+            ));
+        }
+        if self.lock_lease < Duration::from_millis(100) || self.lock_lease > MAX_DURATION {
+            problems.push((
+                span.clone(),
+                "fleet.lock_lease must be at least 100ms and at most ten years".to_owned(),
+            ));
+        }
+        if self.max_value_size.as_u64() == 0 {
+            problems.push((
+                span.clone(),
+                "fleet.max_value_size must be at least 1 byte".to_owned(),
+            ));
+        }
+        if self.key_prefix.contains(['{', '}']) {
+            problems.push((
+                span,
+                "fleet.key_prefix must not contain { or }: they would break the hash tags"
+                    .to_owned(),
+            ));
+        }
+        problems
     }
 }
 
@@ -795,6 +888,7 @@ impl Config {
             cache: CacheConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            fleet: FleetConfig::default(),
             routes: vec![RouteConfig {
                 name: Some("default".to_owned()),
                 pattern: Spanned::new(0..0, "/".to_owned()),
@@ -1021,6 +1115,7 @@ impl Config {
                 "cache.max_object_size is larger than cache.max_size".to_owned(),
             ));
         }
+        problems.extend(self.fleet.problems());
         problems
     }
 

@@ -50,9 +50,9 @@ use crate::server::{ConnectionLimits, ListenerMetrics};
 /// Why corral could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The origin client could not be built.
-    #[error("cannot build the origin client: {0}")]
-    BuildOriginClient(#[from] reqwest::Error),
+    /// The proxy could not be built (its origin client, or its fleet).
+    #[error(transparent)]
+    Build(#[from] crate::proxy::BuildError),
 }
 
 /// A configured corral instance, ready to serve on listeners the caller binds.
@@ -66,7 +66,8 @@ impl Corral {
     /// Builds the proxy, its cache and its metrics from `config`.
     ///
     /// # Errors
-    /// [`StartError`] when the origin client cannot be built.
+    /// [`StartError`] when the origin client cannot be built or the fleet's
+    /// URL is unusable.
     pub fn new(config: &Config) -> Result<Corral, StartError> {
         Corral::with_shared_tier(config, None)
     }
@@ -76,7 +77,8 @@ impl Corral {
     /// and every stored fill writes.
     ///
     /// # Errors
-    /// [`StartError::BuildOriginClient`] when the origin client cannot be built.
+    /// [`StartError::Build`] when the origin client cannot be built or the
+    /// fleet's URL is unusable.
     pub fn with_shared_tier(
         config: &Config,
         shared: Option<Arc<dyn crate::cache::Tier>>,

@@ -133,6 +133,8 @@ pub struct Metrics {
     pub client_limits: ClientLimitCounters,
     /// Origin protection: circuit state, concurrency, queue, shedding, retries.
     origin_protection: OriginFamilies,
+    /// The fleet: the shared tier and the fleet-wide fetch lock in Redis.
+    pub fleet: FleetMetrics,
 }
 
 impl Default for Metrics {
@@ -225,6 +227,7 @@ impl Metrics {
             }),
         };
         let origin_protection = OriginFamilies::register(&mut registry);
+        let fleet = FleetMetrics::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -240,6 +243,7 @@ impl Metrics {
             connections_open,
             client_limits,
             origin_protection,
+            fleet,
         }
     }
 
@@ -421,6 +425,214 @@ impl ClientLimit {
             ClientLimit::Host => "host",
             ClientLimit::Malformed => "malformed",
         }
+    }
+}
+
+/// A Redis operation of the fleet: the `op` label of `corral_fleet_errors_total`
+/// and `corral_fleet_redis_duration_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetOp {
+    /// Reading a shared entry.
+    Get,
+    /// Writing a shared entry.
+    Set,
+    /// Trying to take a key's fetch lock.
+    Elect,
+    /// Extending a held lock's lease.
+    Renew,
+    /// Announcing a fetch's end and releasing its lock.
+    Release,
+    /// Subscribing to (or leaving) a key's notification channel.
+    Subscribe,
+    /// Removing entries fleet-wide.
+    Purge,
+    /// A value under a shared entry's name that is not a corral entry.
+    Decode,
+    /// Skipped without asking Redis: the fleet's breaker is open.
+    Skipped,
+}
+
+impl FleetOp {
+    /// Every operation, in index order.
+    pub const ALL: [FleetOp; 9] = [
+        FleetOp::Get,
+        FleetOp::Set,
+        FleetOp::Elect,
+        FleetOp::Renew,
+        FleetOp::Release,
+        FleetOp::Subscribe,
+        FleetOp::Purge,
+        FleetOp::Decode,
+        FleetOp::Skipped,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetOp::Get => "get",
+            FleetOp::Set => "set",
+            FleetOp::Elect => "elect",
+            FleetOp::Renew => "renew",
+            FleetOp::Release => "release",
+            FleetOp::Subscribe => "subscribe",
+            FleetOp::Purge => "purge",
+            FleetOp::Decode => "decode",
+            FleetOp::Skipped => "skipped",
+        }
+    }
+}
+
+/// How a wait for another instance's fetch ended: the `outcome` label of
+/// `corral_fleet_waits_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetWaitOutcome {
+    /// The holder's notification arrived.
+    Notified,
+    /// No notification within the lease (or the notification connection
+    /// dropped): the entry and the lock were checked again.
+    Rechecked,
+    /// The wait's bound passed: this instance fetched for itself.
+    TimedOut,
+}
+
+impl FleetWaitOutcome {
+    /// Every outcome, in index order.
+    pub const ALL: [FleetWaitOutcome; 3] = [
+        FleetWaitOutcome::Notified,
+        FleetWaitOutcome::Rechecked,
+        FleetWaitOutcome::TimedOut,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetWaitOutcome::Notified => "notified",
+            FleetWaitOutcome::Rechecked => "rechecked",
+            FleetWaitOutcome::TimedOut => "timed_out",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetOpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetElectionLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetWaitLabels {
+    outcome: &'static str,
+}
+
+/// Pre-resolved fleet metrics; clones share their values. Every label set is
+/// created at registration, so a scrape shows zeros before the first event.
+#[derive(Clone, Debug)]
+pub struct FleetMetrics {
+    /// `corral_fleet_up`: 1 while the fleet tier is used, 0 while this
+    /// instance runs on its own (no Redis, or its breaker is open).
+    pub up: Gauge,
+    /// `corral_fleet_hits_total`: answers found in the shared tier.
+    pub hits: Counter,
+    /// `corral_fleet_elections_total{result="won"}`.
+    pub elections_won: Counter,
+    /// `corral_fleet_elections_total{result="lost"}`.
+    pub elections_lost: Counter,
+    /// `corral_fleet_lease_renewals_total`: leases extended by their holder.
+    pub lease_renewals: Counter,
+    waits: [Counter; 3],
+    errors: [Counter; 9],
+    durations: [Histogram; 9],
+}
+
+impl Default for FleetMetrics {
+    /// Handles registered nowhere (for fleets built outside a [`Metrics`]).
+    fn default() -> Self {
+        FleetMetrics::register(&mut Registry::default())
+    }
+}
+
+impl FleetMetrics {
+    fn register(registry: &mut Registry) -> FleetMetrics {
+        let up = Gauge::default();
+        registry.register(
+            "fleet_up",
+            "1 while the fleet's Redis tier is in use, 0 while this instance coalesces on its own",
+            up.clone(),
+        );
+        let hits = Counter::default();
+        registry.register(
+            "fleet_hits",
+            "Answers found in the fleet's shared tier",
+            hits.clone(),
+        );
+        let elections = Family::<FleetElectionLabels, Counter>::default();
+        registry.register(
+            "fleet_elections",
+            "Fleet-wide fetch lock elections, by result",
+            elections.clone(),
+        );
+        let lease_renewals = Counter::default();
+        registry.register(
+            "fleet_lease_renewals",
+            "Fetch lock leases extended by their holder",
+            lease_renewals.clone(),
+        );
+        let waits = Family::<FleetWaitLabels, Counter>::default();
+        registry.register(
+            "fleet_waits",
+            "Waits for another instance's fetch, by how they ended",
+            waits.clone(),
+        );
+        let errors = Family::<FleetOpLabels, Counter>::default();
+        registry.register(
+            "fleet_errors",
+            "Fleet operations that failed or were skipped, by operation",
+            errors.clone(),
+        );
+        let durations = Family::<FleetOpLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.000_05, 2.0, 16))) as fn() -> Histogram,
+        );
+        registry.register(
+            "fleet_redis_duration_seconds",
+            "Redis round trips of the fleet, by operation",
+            durations.clone(),
+        );
+        let election = |result| elections.get_or_create_owned(&FleetElectionLabels { result });
+        FleetMetrics {
+            up,
+            hits,
+            elections_won: election("won"),
+            elections_lost: election("lost"),
+            lease_renewals,
+            waits: FleetWaitOutcome::ALL.map(|outcome| {
+                waits.get_or_create_owned(&FleetWaitLabels {
+                    outcome: outcome.as_str(),
+                })
+            }),
+            errors: FleetOp::ALL
+                .map(|op| errors.get_or_create_owned(&FleetOpLabels { op: op.as_str() })),
+            durations: FleetOp::ALL
+                .map(|op| durations.get_or_create_owned(&FleetOpLabels { op: op.as_str() })),
+        }
+    }
+
+    /// Counts one failed (or skipped) operation.
+    pub fn error(&self, op: FleetOp) {
+        self.errors[op as usize].inc();
+    }
+
+    /// Records one Redis round trip of `op`.
+    pub fn round_trip(&self, op: FleetOp, elapsed: Duration) {
+        self.durations[op as usize].observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one wait for another instance's fetch.
+    pub fn wait(&self, outcome: FleetWaitOutcome) {
+        self.waits[outcome as usize].inc();
     }
 }
 

@@ -44,6 +44,17 @@ impl CacheKey {
         CacheKey(encoded)
     }
 
+    /// The key whose encoded form ([`CacheKey::as_str`]) is `encoded`, if it
+    /// is one: exactly two length-prefixed parts and nothing after them. For
+    /// keys read back from a shared tier's names.
+    pub fn decode(encoded: &str) -> Option<CacheKey> {
+        let (authority, rest) = split_part(encoded)?;
+        let (path, tail) = split_part(rest)?;
+        tail.is_empty()
+            .then(|| CacheKey::new(authority, path))
+            .filter(|key| key.0 == encoded)
+    }
+
     /// The encoded key.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -145,6 +156,22 @@ pub fn canonical_authority(authority: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_reads_back_exactly_the_keys_new_builds() {
+        let key = CacheKey::new("shop.example:8080", "/a/{b}?c=d:e");
+        assert_eq!(CacheKey::decode(key.as_str()), Some(key.clone()));
+        for junk in [
+            "",
+            "3:abc",
+            "3:abc2:/",
+            "3:abc1:/x",
+            "x:abc1:/",
+            "03:abc1:/",
+        ] {
+            assert_eq!(CacheKey::decode(junk), None, "{junk:?}");
+        }
+    }
 
     #[test]
     fn parts_read_back_what_went_in() {

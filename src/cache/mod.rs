@@ -4,6 +4,8 @@
 //!   once when it is stored, and its [`wire`] form for other processes;
 //! - [`key`]: the unambiguous cache key;
 //! - [`tier`]: the lookup / store / purge seam every tier implements;
+//! - [`fleet`]: the tier shared by a fleet of instances in Redis, and the
+//!   fleet-wide fetch lock;
 //! - [`memory`]: the in-process tier (moka, weighted by bytes), which a hit
 //!   reads synchronously;
 //! - [`policy`]: RFC 9111 (lifetime, storability, reuse, shareability) as
@@ -15,6 +17,7 @@
 //! ([`CachedResponse::keep_until`]).
 
 pub mod entry;
+pub mod fleet;
 pub mod key;
 pub mod memory;
 pub mod policy;

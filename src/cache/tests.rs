@@ -426,12 +426,13 @@ async fn the_in_process_tier_answers_through_the_seam() {
     let cache = HotCache::new(1 << 20, 8, || {});
     let tier: &dyn Tier = &cache;
     let plain = HeaderMap::new();
-    assert!(tier.lookup(&key("/t"), &plain).await.is_none());
+    let policy = FreshnessPolicy::with_ttl(Duration::from_secs(60));
+    assert!(tier.lookup(&key("/t"), &plain, &policy).await.is_none());
     let stored = entry(b"t", Duration::from_secs(60));
-    tier.store(&key("/t"), &stored, &plain).await;
-    let found = tier.lookup(&key("/t"), &plain).await.unwrap();
+    assert!(tier.store(&key("/t"), &stored, &plain, &policy).await);
+    let found = tier.lookup(&key("/t"), &plain, &policy).await.unwrap();
     assert!(Arc::ptr_eq(&found, &stored));
-    tier.store(&key("/u/1"), &stored, &plain).await;
+    assert!(tier.store(&key("/u/1"), &stored, &plain, &policy).await);
     let purged = tier
         .purge(Purge {
             exact: &[],
@@ -440,5 +441,5 @@ async fn the_in_process_tier_answers_through_the_seam() {
         .await;
     assert_eq!(purged, 1);
     tier.invalidate(&key("/t")).await;
-    assert!(tier.lookup(&key("/t"), &plain).await.is_none());
+    assert!(tier.lookup(&key("/t"), &plain, &policy).await.is_none());
 }

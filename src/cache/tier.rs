@@ -17,6 +17,7 @@ use http::header::HeaderMap;
 use super::entry::CachedResponse;
 use super::key::CacheKey;
 use super::memory::HotCache;
+use crate::config::FreshnessPolicy;
 
 /// A tier operation in flight.
 pub type TierFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -39,21 +40,26 @@ pub struct Purge<'a> {
 /// shared are ever handed to [`Tier::store`].
 pub trait Tier: Send + Sync {
     /// The most recently stored variant under `key` that `request` selects,
-    /// fresh or not (the caller judges freshness); `None` on a miss.
+    /// fresh or not (the caller judges freshness), judged under `policy`
+    /// (the route's) when it comes from another process; `None` on a miss.
     fn lookup<'a>(
         &'a self,
         key: &'a CacheKey,
         request: &'a HeaderMap,
+        policy: &'a FreshnessPolicy,
     ) -> TierFuture<'a, Option<Arc<CachedResponse>>>;
 
-    /// Stores `entry`, fetched for `request`, under `key`: it replaces the
-    /// variants `request` selects. Visible to later lookups once it resolves.
+    /// Stores `entry`, fetched for `request` on a route with `policy`, under
+    /// `key`: it replaces the variants `request` selects. Visible to later
+    /// lookups once it resolves, to `true`; `false` when it was not stored
+    /// (too large for the tier, or the tier unavailable).
     fn store<'a>(
         &'a self,
         key: &'a CacheKey,
         entry: &'a Arc<CachedResponse>,
         request: &'a HeaderMap,
-    ) -> TierFuture<'a, ()>;
+        policy: &'a FreshnessPolicy,
+    ) -> TierFuture<'a, bool>;
 
     /// Removes every variant stored under `key`.
     fn invalidate<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, ()>;
@@ -67,6 +73,7 @@ impl Tier for HotCache {
         &'a self,
         key: &'a CacheKey,
         request: &'a HeaderMap,
+        _policy: &'a FreshnessPolicy,
     ) -> TierFuture<'a, Option<Arc<CachedResponse>>> {
         Box::pin(std::future::ready(self.select(key, request)))
     }
@@ -76,9 +83,10 @@ impl Tier for HotCache {
         key: &'a CacheKey,
         entry: &'a Arc<CachedResponse>,
         request: &'a HeaderMap,
-    ) -> TierFuture<'a, ()> {
+        _policy: &'a FreshnessPolicy,
+    ) -> TierFuture<'a, bool> {
         self.insert(key.clone(), Arc::clone(entry), request);
-        Box::pin(std::future::ready(()))
+        Box::pin(std::future::ready(true))
     }
 
     fn invalidate<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, ()> {

@@ -17,10 +17,12 @@ use super::context::{RequestContext, path_and_query, route_timeouts};
 use super::pass::{prepare_origin_head, relay, unstored};
 use super::render::{Answer, CacheOutcome};
 use super::{GaugeGuard, ProxyState, observe_origin_duration};
-use crate::cache::policy::{self, RequestFacts, Shareability, Verdict};
+use crate::cache::fleet::FleetClaim;
+use crate::cache::policy::{self, RequestFacts, Reuse, Shareability, Verdict};
 use crate::cache::{CacheKey, CachedResponse, Timing, Variant};
 use crate::coalesce::Leader;
 use crate::config::{ClientNoCache, Route};
+use crate::http::directives::RequestDirectives;
 use crate::http::vary_names;
 use crate::metrics::RouteMetrics;
 use crate::origin::{OriginError, OriginResponse};
@@ -39,6 +41,9 @@ pub enum FlightOutcome {
         fwd_status: StatusCode,
         /// Whether the fetch revalidated a stored response.
         revalidated: bool,
+        /// Whether it came from the tier beyond this process (another
+        /// instance fetched it) rather than from this flight's fetch.
+        from_shared_tier: bool,
     },
     /// The answer may not be shared: followers fetch for themselves, and the
     /// leader's client takes the answer handed to it alone.
@@ -74,14 +79,30 @@ impl Publish {
             stored,
             fwd_status,
             revalidated,
+            from_shared_tier: false,
         });
         self.leader.finish();
     }
 
-    /// The origin failed: nothing is stored, every waiting client gets the error.
-    fn failed(self, error: OriginError) {
+    /// Hands every waiting client a response another instance fetched,
+    /// found in the shared tier (and copied here first), then ends the flight.
+    fn arrived(self, response: Arc<CachedResponse>) {
+        self.leader.publish(FlightOutcome::Shared {
+            fwd_status: response.status,
+            response,
+            stored: false,
+            revalidated: false,
+            from_shared_tier: true,
+        });
+        self.leader.finish();
+    }
+
+    /// The origin failed: nothing is stored, every waiting client gets the
+    /// error. Returns `false`: nothing reached the shared tier.
+    fn failed(self, error: OriginError) -> bool {
         self.leader.publish(FlightOutcome::Failed(Arc::new(error)));
         self.leader.finish();
+        false
     }
 
     /// The answer cannot be shared (private, or too large to hold): the
@@ -105,6 +126,8 @@ pub(super) struct Fill {
     path_and_query: String,
     origin_headers: HeaderMap,
     request_headers: HeaderMap,
+    /// The request's own cache directives: whether a shared entry answers it.
+    wishes: RequestDirectives,
     /// What storing the answer depends on in the request, read once.
     request: RequestFacts,
     route: Route,
@@ -135,6 +158,7 @@ impl Fill {
                 honour_client,
             ),
             request_headers: parts.headers.clone(),
+            wishes: cx.wishes().clone(),
             request: cx.facts(),
             route: route.clone(),
             route_metrics: cx.route_metrics.clone(),
@@ -142,9 +166,65 @@ impl Fill {
         }
     }
 
-    pub(super) async fn run(self, publish: Publish) {
+    pub(super) async fn run(mut self, publish: Publish) {
         let state = Arc::clone(&self.state);
         let _in_flight = GaugeGuard::new(&state.metrics.flights_in_progress);
+        let lease = match self.claim().await {
+            FleetClaim::Arrived(entry) => return publish.arrived(entry),
+            FleetClaim::Fetch(lease) => lease,
+        };
+        let shared = self.fetch_and_publish(publish).await;
+        if let Some(lease) = lease {
+            lease.release(shared).await;
+        }
+    }
+
+    /// Asks the tier beyond this process, then the fleet, whether this fill
+    /// is needed: an entry that answers the request as it is ends it; a
+    /// stale one found there is what it revalidates (when none was here).
+    /// With a fleet, only the instance that wins the key's lock (or one
+    /// that waited for it in vain) goes on to fetch.
+    async fn claim(&mut self) -> FleetClaim {
+        let Some(shared) = self.state.shared.clone() else {
+            return FleetClaim::Fetch(None);
+        };
+        let (policy, wishes) = (&self.route.freshness, &self.wishes);
+        let usable =
+            |entry: &CachedResponse| entry.reuse(Instant::now(), wishes, policy) == Reuse::Fresh;
+        let found = shared
+            .lookup(&self.key, &self.request_headers, policy)
+            .await;
+        let claim = match found {
+            Some(entry) if usable(&entry) => {
+                self.state.metrics.fleet.hits.inc();
+                FleetClaim::Arrived(entry)
+            }
+            found => {
+                if self.stale.is_none() {
+                    self.stale = found;
+                }
+                match &self.state.fleet {
+                    Some(fleet) => {
+                        let bound = self.route.lock_timeout / 2;
+                        fleet
+                            .claim(&self.key, &self.request_headers, policy, usable, bound)
+                            .await
+                    }
+                    None => FleetClaim::Fetch(None),
+                }
+            }
+        };
+        if let FleetClaim::Arrived(entry) = &claim {
+            self.state
+                .cache
+                .insert(self.key.clone(), Arc::clone(entry), &self.request_headers);
+        }
+        claim
+    }
+
+    /// Fetches (or revalidates), stores and publishes; returns whether the
+    /// answer reached the shared tier.
+    async fn fetch_and_publish(&self, publish: Publish) -> bool {
         let mut revalidating = self.stale.as_ref().filter(|stale| stale.has_validator);
         // A stale variant without a validator is simply fetched again (a miss).
         let revalidation = revalidating.is_some();
@@ -165,8 +245,9 @@ impl Fill {
             }
             if let Some(entry) = self.freshen(stored, response.headers(), timing) {
                 let entry = Arc::new(entry);
-                self.store(publish.key(), &entry).await;
-                return publish.shared(entry, true, StatusCode::NOT_MODIFIED, true);
+                let shared = self.store(publish.key(), &entry).await;
+                publish.shared(entry, true, StatusCode::NOT_MODIFIED, true);
+                return shared;
             }
             // Not this response's 304, or the 304 made it unstorable (then it
             // is dropped): fetch it whole.
@@ -247,13 +328,14 @@ impl Fill {
     /// and publishes it: stored when it may be, shared with the waiting
     /// clients when it may be, streamed to the leader's client alone
     /// otherwise. `revalidation` says whether it answers a conditional request.
+    /// Returns whether the answer reached the shared tier.
     async fn complete(
-        self,
+        &self,
         mut response: OriginResponse,
         timing: Timing,
         revalidation: bool,
         publish: Publish,
-    ) {
+    ) -> bool {
         let state = &self.state;
         let status = response.status();
         let verdict: Verdict = policy::judge(
@@ -271,7 +353,8 @@ impl Fill {
             } else {
                 "unshareable"
             };
-            return self.release(publish, response, Vec::new(), detail);
+            self.release(publish, response, Vec::new(), detail);
+            return false;
         }
 
         let mut chunks: Vec<Bytes> = Vec::new();
@@ -282,7 +365,8 @@ impl Fill {
                     received += chunk.len();
                     chunks.push(chunk);
                     if received > state.max_object_size {
-                        return self.release(publish, response, chunks, "too-large");
+                        self.release(publish, response, chunks, "too-large");
+                        return false;
                     }
                 }
                 Ok(None) => break,
@@ -312,12 +396,14 @@ impl Fill {
         // one, and a stored error would answer everyone for its lifetime.
         let replaces_stale_with_error = status.is_server_error() && self.stale.is_some();
         let stored = verdict.shareability == Shareability::Store && !replaces_stale_with_error;
-        if stored {
-            self.store(publish.key(), &entry).await;
+        let shared = if stored {
+            self.store(publish.key(), &entry).await
         } else {
             self.forget_stale(status);
-        }
+            false
+        };
         publish.shared(entry, stored, status, revalidation);
+        shared
     }
 
     /// The answer cannot be shared (private, or too large to hold): remember
@@ -340,16 +426,22 @@ impl Fill {
         publish.unshareable(relay(response, prefix, cache_status));
     }
 
-    /// Stores `entry` under `key`, here and in the tier beyond this process.
-    /// Called before the flight finishes: a request arriving in between
-    /// finds either the slot or the entry, never neither.
-    async fn store(&self, key: &CacheKey, entry: &Arc<CachedResponse>) {
+    /// Stores `entry` under `key`, here and in the tier beyond this process;
+    /// returns whether the latter took it. Called before the flight
+    /// finishes: a request arriving in between finds either the slot or the
+    /// entry, never neither.
+    async fn store(&self, key: &CacheKey, entry: &Arc<CachedResponse>) -> bool {
         self.state
             .cache
             .insert(key.clone(), Arc::clone(entry), &self.request_headers);
         self.state.pass_marks.clear(key);
-        if let Some(shared) = &self.state.shared {
-            shared.store(key, entry, &self.request_headers).await;
+        match &self.state.shared {
+            Some(shared) => {
+                shared
+                    .store(key, entry, &self.request_headers, &self.route.freshness)
+                    .await
+            }
+            None => false,
         }
     }
 

@@ -118,19 +118,10 @@ impl Proxy {
                             stored: true,
                             fwd_status: entry.status,
                             revalidated: false,
+                            from_shared_tier: false,
                         });
                         leader.finish();
                         return render::hit(entry, parts, now);
-                    }
-                    if let Some(entry) = self.shared_lookup(cx, route).await {
-                        leader.publish(FlightOutcome::Shared {
-                            response: Arc::clone(&entry),
-                            stored: true,
-                            fwd_status: entry.status,
-                            revalidated: false,
-                        });
-                        leader.finish();
-                        return render::hit(&entry, parts, Instant::now());
                     }
                     return self.lead(leader, cx, route, stored).await;
                 }
@@ -159,26 +150,6 @@ impl Proxy {
             }
         }
         ProxyError::FetchLost.into_answer(CacheOutcome::Coalesced, cx.path())
-    }
-
-    /// A fresh entry for this request from the tier beyond this process, if
-    /// there is one and it has one; copied into the in-process tier first,
-    /// so the flight's followers and later requests find it here. Asked
-    /// only by a local leader: one question per key per instance at a time.
-    async fn shared_lookup(
-        &self,
-        cx: &RequestContext<'_>,
-        route: &Route,
-    ) -> Option<Arc<CachedResponse>> {
-        let shared = self.state.shared.as_ref()?;
-        let entry = shared.lookup(&cx.key, &cx.parts.headers).await?;
-        let fresh = entry.reuse(Instant::now(), cx.wishes(), &route.freshness) == Reuse::Fresh;
-        fresh.then(|| {
-            self.state
-                .cache
-                .insert(cx.key.clone(), Arc::clone(&entry), &cx.parts.headers);
-            entry
-        })
     }
 
     /// Spawns the fetch as its own task (so this client leaving cannot cancel
@@ -250,9 +221,20 @@ impl Proxy {
                     stored: was_stored,
                     fwd_status,
                     revalidated,
+                    from_shared_tier,
                 }),
                 role,
             ) if matches!(role, Role::Leader(_)) || response.variant.matches(&parts.headers) => {
+                if from_shared_tier {
+                    // Another instance's fetch, found in the shared tier.
+                    let now = Instant::now();
+                    let status = CacheStatus {
+                        ttl: Some(response.ttl_secs(now)),
+                        detail: Some("fleet"),
+                        ..CacheStatus::of(CacheOutcome::Hit)
+                    };
+                    return Next::Answer(render::from_entry(&response, status, parts, now));
+                }
                 if response.status.is_server_error()
                     && let Some(stale) = self.stale_for(cx, route, stored, StaleReason::IfError)
                 {

@@ -40,9 +40,10 @@ pub use fill::FlightOutcome;
 use render::Answer;
 pub use render::{CacheOutcome, CacheStatus, StaleReason, cache_status_value};
 
+use crate::cache::fleet::{Fleet, FleetError};
 use crate::cache::key::canonical_authority;
 use crate::cache::policy::{PassReason, request_pass_reason};
-use crate::cache::{CacheKey, HotCache, PassMarks, Tier};
+use crate::cache::{CacheKey, HotCache, PassMarks, Purge, Tier};
 use crate::coalesce::FlightMap;
 use crate::config::{Config, Route, RouteTable};
 use crate::metrics::{Metrics, RouteMetrics};
@@ -101,6 +102,9 @@ struct ProxyState {
     /// by a local leader before it goes to the origin, and written by every
     /// fill that stores.
     shared: Option<Arc<dyn Tier>>,
+    /// The fleet this instance belongs to, if any: its shared tier is
+    /// `shared`, and its fetch lock elects one fetcher per key fleet-wide.
+    fleet: Option<Arc<Fleet>>,
     /// The origin's authority as the origin client sends it, canonical: what
     /// the cache keys on for routes that do not preserve the client's host.
     origin_authority: String,
@@ -117,26 +121,39 @@ pub struct Proxy {
     state: Arc<ProxyState>,
 }
 
+/// Why a proxy could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The origin client could not be built.
+    #[error("cannot build the origin client: {0}")]
+    OriginClient(#[from] reqwest::Error),
+    /// The fleet could not be joined (its Redis URL is not usable).
+    #[error("cannot join the fleet: {0}")]
+    Fleet(#[from] FleetError),
+}
+
 impl Proxy {
     /// Builds the proxy for `config`, registering its metrics in `metrics`.
+    /// With `[fleet] redis` set it joins the fleet: Redis is its shared tier
+    /// and fetch lock (reached lazily: an unreachable Redis is not an error).
     ///
     /// # Errors
-    /// The origin client could not be built.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, reqwest::Error> {
+    /// [`BuildError`] when the origin client cannot be built or the fleet's
+    /// URL is unusable.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, BuildError> {
         Proxy::with_shared_tier(config, metrics, None)
     }
 
-    /// Builds the proxy for `config` with `shared` as the tier beyond this
-    /// process (none: in-process caching only), registering its metrics in
-    /// `metrics`.
+    /// Like [`Proxy::new`], with `shared` as the tier beyond this process
+    /// when there is no fleet (none: in-process caching only).
     ///
     /// # Errors
-    /// The origin client could not be built.
+    /// As [`Proxy::new`].
     pub fn with_shared_tier(
         config: &Config,
         metrics: Arc<Metrics>,
         shared: Option<Arc<dyn Tier>>,
-    ) -> Result<Proxy, reqwest::Error> {
+    ) -> Result<Proxy, BuildError> {
         let origin = OriginClient::new(&config.origin, &metrics)?;
         let evictions = metrics.cache_evictions.clone();
         let cache = HotCache::new(
@@ -146,6 +163,18 @@ impl Proxy {
                 evictions.inc();
             },
         );
+        let fleet = match config.fleet.redis {
+            Some(_) => Some(Fleet::start(
+                &config.fleet,
+                cache.clone(),
+                metrics.fleet.clone(),
+            )?),
+            None => None,
+        };
+        let shared = match &fleet {
+            Some(fleet) => Some(Arc::clone(fleet) as Arc<dyn Tier>),
+            None => shared,
+        };
         let max_object_size =
             usize::try_from(config.cache.max_object_size.as_u64()).unwrap_or(usize::MAX);
         let origin_authority = config
@@ -160,6 +189,7 @@ impl Proxy {
                 pass_marks: PassMarks::new(PASS_MARK_CAPACITY),
                 flights: FlightMap::new(),
                 shared,
+                fleet,
                 origin_authority,
                 origin,
                 max_object_size,
@@ -172,6 +202,19 @@ impl Proxy {
     /// The hot cache this proxy serves from.
     pub fn cache(&self) -> &HotCache {
         &self.state.cache
+    }
+
+    /// Removes every stored response whose path and query (on any
+    /// authority) equals one of `exact` or starts with one of `prefixes`,
+    /// here and in the shared tier (a fleet's purge reaches every instance).
+    /// Resolves to how many keys were removed here plus in the shared tier.
+    pub async fn purge(&self, exact: &[String], prefixes: &[String]) -> usize {
+        let here = self.state.cache.purge(exact, prefixes);
+        let shared = match &self.state.shared {
+            Some(shared) => shared.purge(Purge { exact, prefixes }).await,
+            None => 0,
+        };
+        here + shared
     }
 
     /// The cache key of `path_and_query` on a route that does not preserve

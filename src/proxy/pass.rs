@@ -105,8 +105,7 @@ impl Proxy {
         if parts.method.is_safe() || !(status.is_success() || status.is_redirection()) {
             return;
         }
-        let cache = &self.state.cache;
-        cache.invalidate(&cx.key);
+        let mut doomed = vec![cx.key.clone()];
         // `Location` names the host the client addressed; the key holds the
         // authority sent upstream.
         let addressed = request_host(parts);
@@ -118,8 +117,21 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|target| same_origin_path(addressed, parts.uri.path(), target));
             if let Some(path) = target {
-                cache.invalidate(&CacheKey::new(cx.key.authority(), &path));
+                doomed.push(CacheKey::new(cx.key.authority(), &path));
             }
+        }
+        for key in &doomed {
+            self.state.cache.invalidate(key);
+        }
+        // The shared tier (and, through it, every instance of a fleet) drops
+        // them too, without holding up this answer.
+        if let Some(shared) = &self.state.shared {
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move {
+                for key in &doomed {
+                    shared.invalidate(key).await;
+                }
+            });
         }
     }
 }
