@@ -29,6 +29,7 @@ pub mod http;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod redis_link;
 pub mod reload;
 pub mod server;
 pub mod testing;

@@ -13,10 +13,7 @@
 //! instance goes back to the fleet by itself once Redis answers again.
 //! State changes are logged once, not per request.
 //!
-//! Redis I/O runs on a thread of its own (a single-threaded runtime): a
-//! proxy runtime saturated by client requests must not starve the
-//! connection's driver, or every Redis call would time out precisely when
-//! the fleet matters most. Callers await the result from their own runtime.
+//! Redis I/O runs on the link's own thread ([`crate::redis_link`]).
 //!
 //! The names it uses are in [`names`]; the election in [`lock`].
 
@@ -30,10 +27,10 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use dashmap::DashMap;
 use http::header::HeaderMap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
+use redis::aio::ConnectionManager;
+use redis::{PushInfo, PushKind, RedisResult, Value};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 pub use lock::{FleetClaim, Lease};
@@ -45,6 +42,7 @@ use super::tier::{Purge, Tier, TierFuture};
 use super::wire;
 use crate::config::{FleetConfig, FreshnessPolicy};
 use crate::metrics::{FleetMetrics, FleetOp};
+use crate::redis_link::{LinkError, RedisLink};
 use health::Health;
 use names::Names;
 
@@ -55,51 +53,12 @@ const PURGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// purge channel when it is not subscribed.
 const KEEPER_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Longest wait between reconnection attempts of either connection.
-const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
-
 /// Why a fleet could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    /// The `redis` URL does not describe a Redis server.
+    /// The `redis` URL is unusable, or the I/O thread could not start.
     #[error("fleet.redis: {0}")]
-    Url(#[source] redis::RedisError),
-    /// The thread that runs Redis I/O could not be started.
-    #[error("cannot start the fleet's I/O thread: {0}")]
-    IoThread(#[source] std::io::Error),
-}
-
-/// The thread the fleet's Redis I/O runs on; it stops when this is dropped.
-struct IoThread {
-    handle: tokio::runtime::Handle,
-    _stop: oneshot::Sender<()>,
-}
-
-impl IoThread {
-    fn start() -> std::io::Result<IoThread> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("corral-fleet".to_owned())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let _ = stopped.await;
-                });
-            })?;
-        Ok(IoThread {
-            handle,
-            _stop: stop,
-        })
-    }
-}
-
-/// Why a Redis operation gave no answer.
-enum Failure {
-    TimedOut,
-    Redis(redis::RedisError),
+    Link(#[from] LinkError),
 }
 
 /// What one instance sends every other on the purge channel.
@@ -121,7 +80,7 @@ struct PurgeMessage {
 /// One instance's membership of the fleet. Cheap to share (`Arc`); its
 /// background tasks end when the last `Arc` goes.
 pub struct Fleet {
-    io: IoThread,
+    link: Arc<RedisLink>,
     commands: ConnectionManager,
     notifications: ConnectionManager,
     names: Names,
@@ -157,41 +116,13 @@ impl Fleet {
         metrics: FleetMetrics,
     ) -> Result<Arc<Fleet>, FleetError> {
         let url = config.redis.as_ref().map(|url| url.get_ref().as_str());
-        let info = url
-            .unwrap_or_default()
-            .into_connection_info()
-            .map_err(FleetError::Url)?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client =
-            redis::Client::open(info.set_redis_settings(settings)).map_err(FleetError::Url)?;
-        let manager_config = || {
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(config.lookup_timeout.max(Duration::from_millis(250))))
-                .set_response_timeout(Some(config.lookup_timeout.max(PURGE_TIMEOUT)))
-                .set_number_of_retries(usize::MAX)
-                .set_min_delay(Duration::from_millis(10))
-                .set_max_delay(RECONNECT_MAX_DELAY)
-        };
-        let io = IoThread::start().map_err(FleetError::IoThread)?;
-        // Created within the I/O runtime: the managers spawn their tasks there.
-        let entered = io.handle.enter();
-        let commands = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
-            .map_err(FleetError::Url)?;
         let (pushes, pushed) = mpsc::unbounded_channel::<PushInfo>();
-        let notifications = ConnectionManager::new_lazy_with_config(
-            client,
-            manager_config()
-                .set_push_sender(pushes)
-                .set_automatic_resubscription(),
-        )
-        .map_err(FleetError::Url)?;
-        drop(entered);
+        let (link, notifications) =
+            RedisLink::open(url.unwrap_or_default(), config.lookup_timeout, pushes)?;
+        let commands = link.commands();
         metrics.up.set(0);
         let fleet = Arc::new(Fleet {
-            io,
+            link: Arc::new(link),
             commands,
             notifications,
             names: Names::new(&config.key_prefix),
@@ -242,7 +173,7 @@ impl Fleet {
             return None;
         }
         let started = Instant::now();
-        match self.on_io(bound, operation).await {
+        match self.link.run(bound, operation).await {
             Ok(value) => {
                 self.metrics.round_trip(op, started.elapsed());
                 self.health.succeeded();
@@ -250,33 +181,16 @@ impl Fleet {
             }
             Err(failure) => {
                 self.metrics.error(op);
-                let reason = match failure {
-                    Failure::TimedOut => "timed out".to_owned(),
-                    Failure::Redis(error) => error.to_string(),
-                };
-                self.health.failed(op, &reason);
+                self.health.failed(op, &failure.to_string());
                 None
             }
         }
     }
 
-    /// Runs `operation` on the I/O thread within `bound` (timed there, so a
-    /// busy proxy runtime cannot make a prompt answer look late).
-    async fn on_io<T: Send + 'static>(
-        &self,
-        bound: Duration,
-        operation: impl Future<Output = RedisResult<T>> + Send + 'static,
-    ) -> Result<T, Failure> {
-        let ran = self
-            .io
-            .handle
-            .spawn(async move { tokio::time::timeout(bound, operation).await })
-            .await;
-        match ran {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(error))) => Err(Failure::Redis(error)),
-            Ok(Err(_)) | Err(_) => Err(Failure::TimedOut),
-        }
+    /// The link to Redis, for other users of the same connections (the
+    /// idempotency store).
+    pub fn link(&self) -> &Arc<RedisLink> {
+        &self.link
     }
 
     /// The entry stored under `key`, decoded and placed on this process's
@@ -539,7 +453,7 @@ async fn keep(fleet: Weak<Fleet>) {
         if !fleet.health.is_up() {
             let mut commands = fleet.commands.clone();
             let probe = async move { redis::cmd("PING").query_async::<()>(&mut commands).await };
-            if fleet.on_io(bound, probe).await.is_ok() {
+            if fleet.link.run(bound, probe).await.is_ok() {
                 fleet.health.succeeded();
             }
         }
@@ -547,7 +461,7 @@ async fn keep(fleet: Weak<Fleet>) {
             let mut notifications = fleet.notifications.clone();
             let channel = fleet.names.purge_channel();
             let subscribe = async move { notifications.subscribe(&channel).await };
-            if fleet.on_io(bound, subscribe).await.is_ok() {
+            if fleet.link.run(bound, subscribe).await.is_ok() {
                 fleet.health.subscribed_purges();
             }
         }
