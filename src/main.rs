@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use corral::Corral;
 use corral::config::{self, Config};
-use corral::testing::demo;
+use corral::testing::{demo, fleet_demo};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -63,7 +63,8 @@ enum Command {
         file: PathBuf,
     },
     /// Run the flash-sale demonstration on loopback: the same burst against
-    /// the origin directly, then through corral.
+    /// the origin directly, then through corral. With --fleet N: the burst
+    /// over N instances, alone and then sharing one Redis.
     Demo {
         /// Concurrent clients per burst (all connected first, then released at once).
         #[arg(long, default_value_t = 800)]
@@ -77,6 +78,14 @@ enum Command {
         /// Do not draw the progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Run N corral instances (2 to 64) and spread the burst over them,
+        /// once alone and once as a fleet sharing one Redis.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=64))]
+        fleet: Option<u16>,
+        /// The Redis the fleet shares (redis://host:port/); without it the demo
+        /// starts redis-server from PATH on a free loopback port.
+        #[arg(long, value_name = "URL", requires = "fleet")]
+        redis: Option<String>,
     },
 }
 
@@ -95,6 +104,8 @@ fn main() -> ExitCode {
             origin_delay,
             origin_limit,
             no_progress,
+            fleet,
+            redis,
         }) => {
             let _logging = install_logging(cli.log_format, "warn");
             let options = demo::DemoOptions {
@@ -103,6 +114,14 @@ fn main() -> ExitCode {
                 origin_limit,
                 progress: !no_progress,
             };
+            if let Some(instances) = fleet {
+                let options = fleet_demo::FleetDemoOptions {
+                    instances: usize::from(instances),
+                    redis,
+                    demo: options,
+                };
+                return block_on(fleet_demo_until_signal(options));
+            }
             block_on(async move {
                 match demo::run(&options).await {
                     Ok(report) => {
@@ -140,6 +159,28 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs `corral demo --fleet` until it ends or SIGTERM/Ctrl-C arrives;
+/// either way the redis-server it may have started is stopped (dropping the
+/// run stops it).
+async fn fleet_demo_until_signal(options: fleet_demo::FleetDemoOptions) -> ExitCode {
+    tokio::select! {
+        result = fleet_demo::run(&options) => match result {
+            Ok(report) => {
+                print!("{}", fleet_demo::render(&options, &report));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                ExitCode::FAILURE
+            }
+        },
+        () = shutdown_signal() => {
+            eprintln!("corral demo --fleet: interrupted");
+            ExitCode::from(130)
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `corral check FILE`, run as the real binary: an invalid config is refused
 //! with one `file:line:col: reason` line per problem and a non-zero exit; a
-//! valid one exits 0 (DESIGN.md invariant 9).
+//! valid one exits 0 (DESIGN.md invariant 9), and so do the example configs
+//! the repository ships.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -152,4 +153,19 @@ lock_timeout = "0s"
     ];
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines, expected, "stderr: {stderr}");
+}
+
+#[test]
+fn check_accepts_the_shipped_example_configs() {
+    // config/corral.toml (every key, in the Docker image) and config/fleet.toml
+    // (what compose.yaml's replicas run) must stay valid as the schema grows.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["config/corral.toml", "config/fleet.toml"] {
+        let output = check(&root.join(name));
+        assert!(
+            output.status.success(),
+            "{name} must pass corral check; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

@@ -11,6 +11,10 @@
 //! release to the end of the response body. So the figures measure the herd,
 //! not connection setup, and no client of a cold wave arrives late enough to
 //! find the key already cached.
+//!
+//! `corral demo --fleet N` ([`super::fleet_demo`]) reuses this machinery: the
+//! origin, the burst (spread round-robin over several instances) and the
+//! figures.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +33,9 @@ use crate::testing::mock_origin::{MockOrigin, Reply};
 
 /// The product every demo client asks for.
 pub const DEMO_PATH: &str = "/api/products/42";
+
+/// The product the fleet demo's second run asks for, so it starts cold.
+pub const DEMO_PATH_FLEET: &str = "/api/products/43";
 
 /// Open files the demo keeps for itself (listeners, the runtime, corral's
 /// origin connection, stdio) on top of two per client.
@@ -99,6 +106,9 @@ pub struct WaveReport {
     pub misses: usize,
     /// Answers that waited on another request's fetch.
     pub coalesced: usize,
+    /// Answers another instance fetched, found in the fleet's shared tier
+    /// (`Cache-Status: ...; hit; ...; detail=fleet`); also counted in `hits`.
+    pub fleet: usize,
     /// Median latency, from the release to the end of the response.
     pub p50: Duration,
     /// 99th percentile latency.
@@ -162,35 +172,21 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     }
     let mut notes: Vec<String> = fd_note.into_iter().collect();
 
-    let origin = MockOrigin::start().await?;
-    let product = format!(
-        "{{\"id\":42,\"name\":\"Limited edition sneaker\",\"price\":129.0,\"stock\":800,\"pad\":\"{}\"}}",
-        "x".repeat(512)
-    );
-    origin.always(
-        "/api/products/",
-        Reply::ok(product.clone())
-            .header("content-type", "application/json")
-            .delay(options.origin_delay),
-    );
-    if options.origin_limit > 0 {
-        origin.shed_beyond(
-            options.origin_limit,
-            Reply::ok("{\"error\":\"too many requests\"}")
-                .status(StatusCode::TOO_MANY_REQUESTS)
-                .header("content-type", "application/json")
-                .header("retry-after", "1"),
-        );
-    }
-    let product = Arc::new(product);
-    let bar = progress_bar(options.progress, clients);
+    let origin = start_origin(options).await?;
+    let product = Arc::new(product(DEMO_PATH));
+    let bar = progress_bar(options.progress, 3 * clients);
 
     // The story's first half: the burst hits the origin itself.
     bar.set_message("direct");
     let before = origin.hits();
-    let (mut direct, trouble) = burst(origin.addr(), clients, &product, &bar, &|| {
-        origin.connections()
-    })
+    let (mut direct, trouble) = burst(
+        &[origin.addr()],
+        DEMO_PATH,
+        clients,
+        &product,
+        &bar,
+        &|| origin.connections(),
+    )
     .await;
     direct.origin_requests = origin.hits() - before;
     notes.extend(trouble.map(|t| format!("origin directly: {t}")));
@@ -219,8 +215,15 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     for wave in ["cold", "warm"] {
         bar.set_message(format!("{wave} wave"));
         let before = origin.hits();
-        let (mut report, trouble) =
-            burst(proxy_addr, clients, &product, &bar, &corral_connections).await;
+        let (mut report, trouble) = burst(
+            &[proxy_addr],
+            DEMO_PATH,
+            clients,
+            &product,
+            &bar,
+            &corral_connections,
+        )
+        .await;
         report.origin_requests = origin.hits() - before;
         notes.extend(trouble.map(|t| format!("{wave} wave: {t}")));
         waves.push(report);
@@ -240,11 +243,47 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     })
 }
 
-fn progress_bar(progress: bool, clients: usize) -> ProgressBar {
+/// The body the demo origin answers for `path` (a product JSON of about
+/// 600 bytes whose id is the path's last segment).
+pub(super) fn product(path: &str) -> String {
+    let id = path.rsplit('/').next().unwrap_or_default();
+    format!(
+        "{{\"id\":{id},\"name\":\"Limited edition sneaker\",\"price\":129.0,\"stock\":800,\"pad\":\"{}\"}}",
+        "x".repeat(512)
+    )
+}
+
+/// Starts the demo origin: [`DEMO_PATH`] and [`DEMO_PATH_FLEET`] answer their
+/// [`product`] after `options.origin_delay`; beyond `options.origin_limit`
+/// requests in flight (if not 0) it answers 429 at once.
+pub(super) async fn start_origin(options: &DemoOptions) -> std::io::Result<MockOrigin> {
+    let origin = MockOrigin::start().await?;
+    for path in [DEMO_PATH, DEMO_PATH_FLEET] {
+        origin.always(
+            path,
+            Reply::ok(product(path))
+                .header("content-type", "application/json")
+                .delay(options.origin_delay),
+        );
+    }
+    if options.origin_limit > 0 {
+        origin.shed_beyond(
+            options.origin_limit,
+            Reply::ok("{\"error\":\"too many requests\"}")
+                .status(StatusCode::TOO_MANY_REQUESTS)
+                .header("content-type", "application/json")
+                .header("retry-after", "1"),
+        );
+    }
+    Ok(origin)
+}
+
+/// A progress bar over `responses` answers, or a hidden one.
+pub(super) fn progress_bar(progress: bool, responses: usize) -> ProgressBar {
     if !progress {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(3 * clients as u64);
+    let bar = ProgressBar::new(responses as u64);
     if let Ok(style) =
         ProgressStyle::with_template("{spinner} {msg:>10} [{bar:40}] {pos}/{len} responses")
     {
@@ -256,7 +295,7 @@ fn progress_bar(progress: bool, clients: usize) -> ProgressBar {
 /// The soft limit on open files, where the platform tells it without a
 /// system call std lacks (Linux: `/proc/self/limits`); `None` when unknown or
 /// unlimited.
-fn open_file_limit() -> Option<u64> {
+pub(super) fn open_file_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     parse_open_file_limit(&limits)
 }
@@ -275,7 +314,7 @@ fn parse_open_file_limit(limits: &str) -> Option<u64> {
 /// How many clients fit under the open-file limit (each burst holds two
 /// descriptors per client: its end and the server's), and why there are
 /// fewer than `wanted`, if there are.
-fn clients_within(limit: Option<u64>, wanted: usize) -> (usize, Option<String>) {
+pub(super) fn clients_within(limit: Option<u64>, wanted: usize) -> (usize, Option<String>) {
     let Some(limit) = limit else {
         return (wanted, None);
     };
@@ -296,8 +335,13 @@ fn clients_within(limit: Option<u64>, wanted: usize) -> (usize, Option<String>) 
 /// corral, both in this process) holds: it checks again each time the
 /// runtime has run the other tasks, the ones that move the counter, and
 /// never sleeps.
-async fn settle(done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
+pub(super) async fn settle(done: impl Fn() -> bool) -> bool {
+    settle_within(SETTLE_TIMEOUT, done).await
+}
+
+/// [`settle`] with its own bound: whether `done` held within `bound`.
+pub(super) async fn settle_within(bound: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + bound;
     while !done() {
         if Instant::now() >= deadline {
             return false;
@@ -326,27 +370,38 @@ impl Outcome {
     }
 }
 
-/// Opens `clients` connections to `target`, waits until the server has
-/// accepted them all (`accepted` counts its open connections), then releases
-/// one GET on each at once and gathers the figures. Also returns what went
-/// wrong opening connections, if anything did.
-async fn burst(
-    target: SocketAddr,
+/// Opens `clients` connections, spread round-robin over `targets` (client
+/// `i` to `targets[i % targets.len()]`), waits until the servers have
+/// accepted them all (`accepted` counts their open connections), then
+/// releases one GET for `path` on each at once and gathers the figures. Also
+/// returns what went wrong opening connections, if anything did; with no
+/// target at all every client counts as failed.
+pub(super) async fn burst(
+    targets: &[SocketAddr],
+    path: &str,
     clients: usize,
     product: &Arc<String>,
     bar: &ProgressBar,
     accepted: &dyn Fn() -> usize,
 ) -> (WaveReport, Option<String>) {
-    let request: Arc<[u8]> = format!(
-        "GET {DEMO_PATH} HTTP/1.1\r\nhost: {target}\r\nuser-agent: corral-demo\r\naccept: */*\r\nconnection: close\r\n\r\n"
-    )
-    .into_bytes()
-    .into();
+    if targets.is_empty() {
+        let trouble = format!("no server to send {clients} requests to");
+        return (summarise(clients, &[]), Some(trouble));
+    }
+    let requests: Vec<(SocketAddr, Arc<[u8]>)> = targets
+        .iter()
+        .map(|&target| {
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nhost: {target}\r\nuser-agent: corral-demo\r\naccept: */*\r\nconnection: close\r\n\r\n"
+            );
+            (target, request.into_bytes().into())
+        })
+        .collect();
     let (release, released) = watch::channel::<Option<Instant>>(None);
     let (ready, mut connected) = mpsc::channel::<Result<(), String>>(clients);
     let mut tasks = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        let request = Arc::clone(&request);
+    for (target, request) in requests.iter().cycle().take(clients) {
+        let (target, request) = (*target, Arc::clone(request));
         let product = Arc::clone(product);
         let ready = ready.clone();
         let mut released = released.clone();
@@ -547,6 +602,7 @@ fn summarise(sent: usize, outcomes: &[Outcome]) -> WaveReport {
             })
             .count(),
         coalesced: count("collapsed"),
+        fleet: count("detail=fleet"),
         p50: percentile(&latencies, 50.0),
         p99: percentile(&latencies, 99.0),
         max: latencies.last().copied().unwrap_or_default(),
@@ -563,7 +619,8 @@ fn percentile(sorted: &[Duration], pct: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn ms(d: Duration) -> String {
+/// `d` in milliseconds, one decimal: `165.0 ms`.
+pub(super) fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 

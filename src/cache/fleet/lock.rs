@@ -268,11 +268,17 @@ impl Drop for Subscription {
                     return;
                 }
                 let mut notifications = fleet.notifications.clone();
-                let _: Option<()> = fleet
-                    .call(FleetOp::Subscribe, async move {
+                // Not through the breaker: a notification connection being
+                // re-established must not take the command path down with it.
+                let left = fleet
+                    .link
+                    .run(fleet.lookup_timeout, async move {
                         notifications.unsubscribe(&channel).await
                     })
                     .await;
+                if left.is_err() {
+                    fleet.metrics.error(FleetOp::Subscribe);
+                }
             });
         }
     }
