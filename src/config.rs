@@ -96,8 +96,23 @@ pub const DEFAULT_STALE_IF_DISCONNECTED: Duration = Duration::from_secs(3600);
 /// Default `stale_deadline`: how long a client that could be served stale
 /// waits on a slow origin before it is.
 pub const DEFAULT_STALE_DEADLINE: Duration = Duration::from_secs(1);
+/// Default `stream_lag_limit`: how far a client reading an answer too large
+/// to store may fall behind the fastest reader of the same fetch.
+pub const DEFAULT_STREAM_LAG_LIMIT: ByteSize = ByteSize::mib(8);
 /// Default largest response head corral accepts from the origin.
 pub const DEFAULT_MAX_RESPONSE_HEADER_SIZE: ByteSize = ByteSize::kib(64);
+/// Default time an Idempotency-Key record is kept (and replayed) after its
+/// request completed.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default time an Idempotency-Key claim outlives an owner that stopped
+/// renewing it: after an unknown outcome (a timeout or a reset once the
+/// request was sent), or an instance that died mid-request.
+pub const DEFAULT_IDEMPOTENCY_LEASE: Duration = Duration::from_secs(60);
+/// Default largest request body buffered to fingerprint an idempotent request.
+pub const DEFAULT_IDEMPOTENCY_MAX_BODY: ByteSize = ByteSize::mib(1);
+/// Shortest `idempotency_lease` accepted: a live owner renews its claim every
+/// third of the lease, and a shorter one would be lost to one slow round trip.
+pub const MIN_IDEMPOTENCY_LEASE: Duration = Duration::from_millis(100);
 
 /// Request headers a route may not name in `forward_headers`: they frame the
 /// message or the connection, carry credentials (such requests are never
@@ -614,6 +629,12 @@ pub struct RouteConfig {
     /// it off (clients wait for the origin's own time limits).
     #[serde(default = "default_stale_deadline", with = "humantime_serde")]
     pub stale_deadline: Duration,
+    /// Clients reading one fetch's answer get its bytes as they arrive; for
+    /// an answer too large to store, a client more than this far behind the
+    /// fastest is cut loose (its response ends in an error) rather than
+    /// hold the body in memory for everyone.
+    #[serde(default = "default_stream_lag_limit")]
+    pub stream_lag_limit: ByteSize,
     /// Longest a follower waits for the leader's fetch before answering 504.
     #[serde(default = "default_lock_timeout", with = "humantime_serde")]
     pub lock_timeout: Duration,
@@ -661,8 +682,114 @@ pub struct RouteConfig {
     /// Overrides `origin.request_timeout` for requests on this route.
     #[serde(default, with = "humantime_serde")]
     pub request_timeout: Option<Duration>,
+    /// `true`: a POST or PATCH carrying `Idempotency-Key` reaches the origin
+    /// at most once per key (per credential, fleet-wide with `[fleet]`);
+    /// retries get the first answer replayed.
+    #[serde(default)]
+    pub idempotency: bool,
+    /// How long a completed request's answer is kept and replayed.
+    #[serde(default = "default_idempotency_ttl", with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// How long a key stays locked (duplicates get 409) after an unknown
+    /// outcome or an owner that died; a live owner renews it as it goes.
+    #[serde(default = "default_idempotency_lease", with = "humantime_serde")]
+    pub idempotency_lease: Duration,
+    /// `true`: a POST or PATCH without `Idempotency-Key` is refused with 400;
+    /// `false`: it is passed as on any route.
+    #[serde(default)]
+    pub idempotency_required: bool,
+    /// Largest request body buffered to fingerprint the request; larger gets 413.
+    #[serde(default = "default_idempotency_max_body")]
+    pub idempotency_max_body: ByteSize,
+    /// The request header whose value identifies the client, instead of
+    /// `Authorization`: records are never shared across its values.
+    #[serde(default)]
+    pub idempotency_identity_header: Option<Spanned<String>>,
 }
 
+impl RouteConfig {
+    /// Every problem with this route's Idempotency-Key settings, each at the
+    /// route's `match` (or at the identity header it is about).
+    fn idempotency_problems(&self) -> Vec<(Range<usize>, String)> {
+        let mut problems = Vec::new();
+        let span = self.pattern.span();
+        let pattern = self.pattern.get_ref();
+        if self.idempotency_ttl.is_zero() {
+            problems.push((
+                span.clone(),
+                format!("route {pattern:?}: idempotency_ttl must be longer than zero"),
+            ));
+        }
+        if self.idempotency_lease < MIN_IDEMPOTENCY_LEASE {
+            problems.push((
+                span.clone(),
+                format!(
+                    "route {pattern:?}: idempotency_lease must be at least {}",
+                    humantime::format_duration(MIN_IDEMPOTENCY_LEASE)
+                ),
+            ));
+        } else if self.idempotency_lease > self.idempotency_ttl {
+            problems.push((
+                span.clone(),
+                format!(
+                    "route {pattern:?}: idempotency_lease must not be longer than idempotency_ttl (a claim would outlive the record it stands for)"
+                ),
+            ));
+        }
+        if self.idempotency_max_body.as_u64() == 0 {
+            problems.push((
+                span.clone(),
+                format!("route {pattern:?}: idempotency_max_body must be at least 1 byte"),
+            ));
+        }
+        if let Some(name) = &self.idempotency_identity_header {
+            let text = name.get_ref();
+            if http::HeaderName::from_bytes(text.as_bytes()).is_err() {
+                problems.push((
+                    name.span(),
+                    format!(
+                        "route {pattern:?}: idempotency_identity_header {text:?} is not a header name"
+                    ),
+                ));
+            }
+        }
+        if !self.idempotency
+            && (self.idempotency_required || self.idempotency_identity_header.is_some())
+        {
+            problems.push((
+                span,
+                format!(
+                    "route {pattern:?}: idempotency_required and idempotency_identity_header need idempotency = true"
+                ),
+            ));
+        }
+        problems
+    }
+
+    /// The compiled Idempotency-Key settings, when the route opts in.
+    fn idempotency_policy(&self) -> Option<IdempotencyPolicy> {
+        self.idempotency.then(|| IdempotencyPolicy {
+            ttl: self.idempotency_ttl,
+            lease: self.idempotency_lease,
+            required: self.idempotency_required,
+            max_body: self.idempotency_max_body.as_u64(),
+            identity_header: self
+                .idempotency_identity_header
+                .as_ref()
+                .and_then(|name| http::HeaderName::from_bytes(name.get_ref().as_bytes()).ok()),
+        })
+    }
+}
+
+fn default_idempotency_ttl() -> Duration {
+    DEFAULT_IDEMPOTENCY_TTL
+}
+fn default_idempotency_lease() -> Duration {
+    DEFAULT_IDEMPOTENCY_LEASE
+}
+fn default_idempotency_max_body() -> ByteSize {
+    DEFAULT_IDEMPOTENCY_MAX_BODY
+}
 fn default_ttl() -> Duration {
     DEFAULT_TTL
 }
@@ -683,6 +810,9 @@ fn default_stale_if_disconnected() -> Duration {
 }
 fn default_stale_deadline() -> Duration {
     DEFAULT_STALE_DEADLINE
+}
+fn default_stream_lag_limit() -> ByteSize {
+    DEFAULT_STREAM_LAG_LIMIT
 }
 
 /// A route's say in freshness: what corral does when the origin is silent,
@@ -901,6 +1031,7 @@ impl Config {
                 stale_if_error: None,
                 stale_if_disconnected: DEFAULT_STALE_IF_DISCONNECTED,
                 stale_deadline: DEFAULT_STALE_DEADLINE,
+                stream_lag_limit: DEFAULT_STREAM_LAG_LIMIT,
                 lock_timeout: DEFAULT_LOCK_TIMEOUT,
                 hit_for_pass: DEFAULT_HIT_FOR_PASS,
                 cache: true,
@@ -912,6 +1043,12 @@ impl Config {
                 first_byte_timeout: None,
                 timeout: None,
                 request_timeout: None,
+                idempotency: false,
+                idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+                idempotency_lease: DEFAULT_IDEMPOTENCY_LEASE,
+                idempotency_required: false,
+                idempotency_max_body: DEFAULT_IDEMPOTENCY_MAX_BODY,
+                idempotency_identity_header: None,
             }],
         };
         let problems = config.validate();
@@ -1036,6 +1173,15 @@ impl Config {
                     ),
                 ));
             }
+            if route.stream_lag_limit.as_u64() < 64 * 1024 {
+                problems.push((
+                    route.pattern.span(),
+                    format!(
+                        "route {pattern:?}: stream_lag_limit must be at least 64KiB (a reader one read behind would be cut loose)"
+                    ),
+                ));
+            }
+            problems.extend(route.idempotency_problems());
             let durations = [
                 ("ttl", Some(route.ttl)),
                 ("heuristic_max", Some(route.heuristic_max)),
@@ -1050,6 +1196,8 @@ impl Config {
                 ("first_byte_timeout", route.first_byte_timeout),
                 ("timeout", route.timeout),
                 ("request_timeout", route.request_timeout),
+                ("idempotency_ttl", Some(route.idempotency_ttl)),
+                ("idempotency_lease", Some(route.idempotency_lease)),
             ];
             for (key, _) in durations
                 .iter()
@@ -1145,6 +1293,7 @@ impl Config {
                     },
                     stale_if_disconnected: r.stale_if_disconnected,
                     stale_deadline: r.stale_deadline,
+                    stream_lag_limit: r.stream_lag_limit.as_u64(),
                     lock_timeout: r.lock_timeout,
                     hit_for_pass: r.hit_for_pass,
                     cache: r.cache,
@@ -1164,6 +1313,7 @@ impl Config {
                     first_byte_timeout: r.first_byte_timeout,
                     timeout: r.timeout,
                     request_timeout: r.request_timeout,
+                    idempotency: r.idempotency_policy(),
                 }
             })
             .collect();
@@ -1203,6 +1353,9 @@ pub struct Route {
     pub stale_if_disconnected: Duration,
     /// How long a client that could be served stale waits on a slow origin.
     pub stale_deadline: Duration,
+    /// How far (bytes) a reader of an answer too large to store may fall
+    /// behind the fastest reader of the same fetch.
+    pub stream_lag_limit: u64,
     /// Bound on a follower's wait for its leader.
     pub lock_timeout: Duration,
     /// How long an unshareable key bypasses coalescing.
@@ -1227,6 +1380,25 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Override of the origin's request deadline, if any.
     pub request_timeout: Option<Duration>,
+    /// How POST and PATCH requests carrying `Idempotency-Key` are made to
+    /// happen once; `None` when the route does not opt in.
+    pub idempotency: Option<IdempotencyPolicy>,
+}
+
+/// A route's Idempotency-Key settings, compiled: what the proxy reads for a
+/// POST or PATCH on a route with `idempotency = true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyPolicy {
+    /// How long a completed request's record is kept and replayed.
+    pub ttl: Duration,
+    /// How long a claim outlives an owner that stopped renewing it.
+    pub lease: Duration,
+    /// Whether a POST or PATCH without the header is refused (400).
+    pub required: bool,
+    /// Largest request body buffered to fingerprint the request, in bytes.
+    pub max_body: u64,
+    /// The header identifying the client instead of `Authorization`.
+    pub identity_header: Option<http::HeaderName>,
 }
 
 impl Route {
@@ -1693,5 +1865,94 @@ forward_headers = ["Cookie", "X-Tenant"]
             parse("[origin]\nurl = \"http://a:1\"\n[[route]]\nmatch = \"/a\"\ntimeout = \"0s\"\n")
                 .unwrap_err();
         assert!(err.to_string().starts_with("corral.toml:4:9: "), "{err}");
+    }
+
+    #[test]
+    fn idempotency_keys_parse_into_the_route_policy_with_defaults() {
+        let config = parse(
+            r#"
+[origin]
+url = "http://a:1"
+[[route]]
+match = "/orders/"
+cache = false
+idempotency = true
+idempotency_ttl = "1h"
+idempotency_lease = "30s"
+idempotency_required = true
+idempotency_max_body = "64KiB"
+idempotency_identity_header = "X-Api-Key"
+[[route]]
+match = "/carts/"
+idempotency = true
+[[route]]
+match = "/"
+"#,
+        )
+        .unwrap();
+        let table = config.route_table();
+        assert_eq!(
+            table.find("/orders/7").unwrap().1.idempotency,
+            Some(IdempotencyPolicy {
+                ttl: Duration::from_secs(3600),
+                lease: Duration::from_secs(30),
+                required: true,
+                max_body: 64 * 1024,
+                identity_header: Some(http::HeaderName::from_static("x-api-key")),
+            })
+        );
+        assert_eq!(
+            table.find("/carts/1").unwrap().1.idempotency,
+            Some(IdempotencyPolicy {
+                ttl: DEFAULT_IDEMPOTENCY_TTL,
+                lease: DEFAULT_IDEMPOTENCY_LEASE,
+                required: false,
+                max_body: DEFAULT_IDEMPOTENCY_MAX_BODY.as_u64(),
+                identity_header: None,
+            })
+        );
+        assert_eq!(table.find("/x").unwrap().1.idempotency, None);
+    }
+
+    #[test]
+    fn impossible_idempotency_settings_are_refused_at_the_route() {
+        let reasons: Vec<String> = problems(
+            r#"[origin]
+url = "http://a:1"
+[[route]]
+match = "/a/"
+idempotency = true
+idempotency_ttl = "0s"
+idempotency_max_body = "0B"
+idempotency_identity_header = "not a header"
+[[route]]
+match = "/b/"
+idempotency = true
+idempotency_lease = "10ms"
+[[route]]
+match = "/c/"
+idempotency = true
+idempotency_ttl = "1m"
+idempotency_lease = "2m"
+[[route]]
+match = "/d/"
+idempotency_required = true
+"#,
+        )
+        .into_iter()
+        .map(|p| format!("{}:{}: {}", p.line, p.column, p.reason))
+        .collect();
+        assert_eq!(
+            reasons,
+            [
+                r#"4:9: route "/a/": idempotency_ttl must be longer than zero"#,
+                r#"4:9: route "/a/": idempotency_lease must not be longer than idempotency_ttl (a claim would outlive the record it stands for)"#,
+                r#"4:9: route "/a/": idempotency_max_body must be at least 1 byte"#,
+                r#"8:31: route "/a/": idempotency_identity_header "not a header" is not a header name"#,
+                r#"10:9: route "/b/": idempotency_lease must be at least 100ms"#,
+                r#"14:9: route "/c/": idempotency_lease must not be longer than idempotency_ttl (a claim would outlive the record it stands for)"#,
+                r#"19:9: route "/d/": idempotency_required and idempotency_identity_header need idempotency = true"#,
+            ]
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! - [`metrics`]: every metric, in one injected registry.
 //! - [`admin`]: metrics, health, purge and reload on their own listener.
 //! - [`reload`]: re-reading the config file (SIGHUP, `POST /reload`).
+//! - [`replay`]: Idempotency-Key records: a retried write reaches the origin once.
 //! - [`server`]: listeners, connection limits, graceful shutdown.
 //! - [`testing`]: tools outside the proxy: the in-process origin for tests and
 //!   benchmarks, and the flash-sale demonstration behind `corral demo`.
@@ -31,6 +32,7 @@ pub mod origin;
 pub mod proxy;
 pub mod redis_link;
 pub mod reload;
+pub mod replay;
 pub mod server;
 pub mod testing;
 

@@ -121,6 +121,10 @@ pub struct Metrics {
     pub flight_followers: Counter,
     /// Requests waiting on another request's fetch now.
     pub followers_waiting: Gauge,
+    /// Bytes held by bodies shared with the clients of their fetch now.
+    pub stream_retained_bytes: Gauge,
+    /// Readers of a shared body cut loose for falling too far behind, since start.
+    pub stream_readers_cut: Counter,
     /// Entries in the hot cache, as of the last scrape.
     pub cache_entries: Gauge,
     /// Bytes charged to the hot cache, as of the last scrape.
@@ -135,6 +139,8 @@ pub struct Metrics {
     origin_protection: OriginFamilies,
     /// The fleet: the shared tier and the fleet-wide fetch lock in Redis.
     pub fleet: FleetMetrics,
+    /// Idempotency-Key records: claims, replays, conflicts, mismatches.
+    pub idempotency: IdempotencyMetrics,
 }
 
 impl Default for Metrics {
@@ -189,6 +195,18 @@ impl Metrics {
             "Requests waiting on another request's origin fetch now",
             followers_waiting.clone(),
         );
+        let stream_retained_bytes = Gauge::default();
+        registry.register(
+            "stream_retained_bytes",
+            "Bytes held by fetched bodies shared with the clients waiting on them",
+            stream_retained_bytes.clone(),
+        );
+        let stream_readers_cut = Counter::default();
+        registry.register(
+            "stream_readers_cut",
+            "Clients cut loose from a shared body for falling more than stream_lag_limit behind",
+            stream_readers_cut.clone(),
+        );
         let cache_entries = Gauge::default();
         registry.register(
             "cache_entries",
@@ -228,6 +246,7 @@ impl Metrics {
         };
         let origin_protection = OriginFamilies::register(&mut registry);
         let fleet = FleetMetrics::register(&mut registry);
+        let idempotency = IdempotencyMetrics::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -237,6 +256,8 @@ impl Metrics {
             flights_in_progress,
             flight_followers,
             followers_waiting,
+            stream_retained_bytes,
+            stream_readers_cut,
             cache_entries,
             cache_bytes,
             cache_evictions,
@@ -244,6 +265,7 @@ impl Metrics {
             client_limits,
             origin_protection,
             fleet,
+            idempotency,
         }
     }
 
@@ -633,6 +655,90 @@ impl FleetMetrics {
     /// Counts one wait for another instance's fetch.
     pub fn wait(&self, outcome: FleetWaitOutcome) {
         self.waits[outcome as usize].inc();
+    }
+}
+
+/// Pre-resolved Idempotency-Key metrics (`corral_idempotency_*`); clones
+/// share their values. Unlabelled: one count per instance, whatever the route
+/// (a route's requests are in `corral_requests_total`).
+#[derive(Clone, Debug)]
+pub struct IdempotencyMetrics {
+    /// `corral_idempotency_claims_total`: requests that claimed their key and
+    /// went to the origin.
+    pub claims: Counter,
+    /// `corral_idempotency_replays_total`: stored answers replayed to a
+    /// retry, the origin untouched.
+    pub replays: Counter,
+    /// `corral_idempotency_conflicts_total`: 409s, the key held by a request
+    /// in flight or of unknown outcome.
+    pub conflicts: Counter,
+    /// `corral_idempotency_mismatches_total`: 422s, the key reused with
+    /// another payload.
+    pub mismatches: Counter,
+    /// `corral_idempotency_unavailable_total`: 503s, the record store could
+    /// not be asked (Redis down or slow).
+    pub unavailable: Counter,
+    /// `corral_idempotency_stored_bytes_total`: bytes of records written.
+    pub stored_bytes: Counter,
+    /// `corral_idempotency_waiting`: duplicates waiting for their key's
+    /// outcome now.
+    pub waiting: Gauge,
+}
+
+impl Default for IdempotencyMetrics {
+    /// Handles registered nowhere (for stores built outside a [`Metrics`]).
+    fn default() -> Self {
+        IdempotencyMetrics::register(&mut Registry::default())
+    }
+}
+
+impl IdempotencyMetrics {
+    fn register(registry: &mut Registry) -> IdempotencyMetrics {
+        let metrics = IdempotencyMetrics {
+            claims: Counter::default(),
+            replays: Counter::default(),
+            conflicts: Counter::default(),
+            mismatches: Counter::default(),
+            unavailable: Counter::default(),
+            stored_bytes: Counter::default(),
+            waiting: Gauge::default(),
+        };
+        registry.register(
+            "idempotency_claims",
+            "Idempotency-Key requests that claimed their key and went to the origin",
+            metrics.claims.clone(),
+        );
+        registry.register(
+            "idempotency_replays",
+            "Stored answers replayed to a request repeating an Idempotency-Key",
+            metrics.replays.clone(),
+        );
+        registry.register(
+            "idempotency_conflicts",
+            "Requests answered 409: their Idempotency-Key was held by a request in flight or of unknown outcome",
+            metrics.conflicts.clone(),
+        );
+        registry.register(
+            "idempotency_mismatches",
+            "Requests answered 422: their Idempotency-Key was used with another payload",
+            metrics.mismatches.clone(),
+        );
+        registry.register(
+            "idempotency_unavailable",
+            "Requests answered 503: the Idempotency-Key record store could not be asked",
+            metrics.unavailable.clone(),
+        );
+        registry.register(
+            "idempotency_stored_bytes",
+            "Bytes of Idempotency-Key records written to the record store",
+            metrics.stored_bytes.clone(),
+        );
+        registry.register(
+            "idempotency_waiting",
+            "Requests waiting for the outcome of an earlier request with their Idempotency-Key",
+            metrics.waiting.clone(),
+        );
+        metrics
     }
 }
 

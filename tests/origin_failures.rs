@@ -3,7 +3,7 @@
 //! (DESIGN.md invariant 3); a broken body is never stored or served whole.
 mod support;
 
-use support::{Seen, Setup, get, join_all, spawn_get};
+use support::{Seen, Setup, get};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,21 +36,51 @@ async fn start_wave(
     origin_hits: &dyn Fn() -> u64,
     client: &reqwest::Client,
     path: &str,
-) -> Vec<JoinHandle<Seen>> {
+) -> Vec<JoinHandle<Result<Seen, String>>> {
     let url = corral.url(path);
-    let mut wave = vec![spawn_get(client, &url)];
+    let mut wave = vec![spawn_try_get(client, &url)];
     support::wait_until("the leader's fetch reaches the origin", WITHIN, || {
         origin_hits() >= 1
     })
     .await;
-    wave.extend((1..WAVE).map(|_| spawn_get(client, &url)));
+    let joined = corral.proxy.metrics().flight_followers.get();
+    wave.extend((1..WAVE).map(|_| spawn_try_get(client, &url)));
     let metrics = corral.proxy.metrics();
-    support::wait_until("the followers wait on the leader", WITHIN, || {
-        metrics.followers_waiting.get() == (WAVE - 1) as i64
+    // Followers that joined: waiting for the head, or already reading a
+    // body streamed to them.
+    support::wait_until("the followers join the leader's flight", WITHIN, || {
+        metrics.flight_followers.get() - joined == (WAVE - 1) as u64
     })
     .await;
     assert_eq!(origin_hits(), 1, "the wave is coalesced into one fetch");
     wave
+}
+
+/// [`support::try_get`] on its own task.
+fn spawn_try_get(client: &reqwest::Client, url: &str) -> JoinHandle<Result<Seen, String>> {
+    let client = client.clone();
+    let url = url.to_owned();
+    tokio::spawn(async move { support::try_get(&client, &url).await })
+}
+
+/// Every answer of a wave whose answers all had a complete head.
+async fn answered(wave: Vec<JoinHandle<Result<Seen, String>>>) -> Vec<Seen> {
+    let mut all = Vec::with_capacity(wave.len());
+    for outcome in join_all_outcomes(wave).await {
+        all.push(outcome.expect("every client got a response head"));
+    }
+    all
+}
+
+/// Every client's outcome: its response, or the error that broke it.
+async fn join_all_outcomes(
+    wave: Vec<JoinHandle<Result<Seen, String>>>,
+) -> Vec<Result<Seen, String>> {
+    let mut all = Vec::with_capacity(wave.len());
+    for client in wave {
+        all.push(client.await.expect("client task panicked"));
+    }
+    all
 }
 
 /// After a failed wave: nothing is in flight or cached, the next request makes
@@ -127,7 +157,7 @@ async fn origin_500_reaches_every_waiter_and_is_not_cached() {
 
     let wave = start_wave(&corral, &|| origin.hits(), &client, "/api/500").await;
     gate.open();
-    for seen in join_all(wave).await {
+    for seen in answered(wave).await {
         assert_eq!(
             seen.status,
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -159,7 +189,7 @@ async fn origin_reset_fails_every_waiter_with_502_and_next_request_refetches() {
 
     let wave = start_wave(&corral, &|| origin.hits(), &client, "/api/reset").await;
     gate.open();
-    for seen in join_all(wave).await {
+    for seen in answered(wave).await {
         assert_eq!(
             seen.status,
             StatusCode::BAD_GATEWAY,
@@ -188,7 +218,7 @@ async fn origin_hang_past_timeout_fails_every_waiter_with_504_and_next_request_r
     // would lead a second (hanging) fetch: `start_wave` spins until they wait,
     // and a spinning task keeps the paused clock still, so they always do.
     let wave = start_wave(&corral, &|| origin.hits(), &client, "/api/hang").await;
-    for seen in join_all(wave).await {
+    for seen in answered(wave).await {
         assert_eq!(
             seen.status,
             StatusCode::GATEWAY_TIMEOUT,
@@ -221,7 +251,12 @@ async fn truncated_body_is_never_stored_or_served_as_complete() {
 
     let wave = start_wave(&corral, &|| origin.hits(), &client, "/api/truncated").await;
     gate.open();
-    for seen in join_all(wave).await {
+    // A response that broke before its head was complete is an error too.
+    for seen in join_all_outcomes(wave)
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+    {
         let served_as_complete = seen.status == StatusCode::OK && seen.body.is_ok();
         assert!(
             !served_as_complete,
@@ -354,7 +389,12 @@ async fn body_broken_after_the_head_is_never_stored_or_served_as_complete() {
     // The leader has the head and 100 bytes in hand while its followers queue.
     let wave = start_wave(&corral, &|| origin.hits(), &client, "/api/broken").await;
     origin.release();
-    for seen in join_all(wave).await {
+    // A response that broke before its head was complete is an error too.
+    for seen in join_all_outcomes(wave)
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+    {
         let served_as_complete = seen.status == StatusCode::OK && seen.body.is_ok();
         assert!(
             !served_as_complete,

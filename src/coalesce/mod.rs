@@ -16,8 +16,13 @@
 //! instead of inheriting a failure. No lock is held across an `.await`: the
 //! map's shard lock is taken only inside `join` and the removals.
 //!
+//! A fetch's body reaches its waiting callers through a [`stream::SharedStream`]:
+//! every reader gets the same chunks, at its own pace, as they arrive.
+//!
 //! This module knows nothing about HTTP, caching or metrics: it is generic over
 //! the key and the published value.
+
+pub mod stream;
 
 use std::hash::Hash;
 use std::sync::Arc;

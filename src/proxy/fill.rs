@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::context::{RequestContext, path_and_query, route_timeouts};
@@ -21,8 +21,9 @@ use crate::cache::fleet::FleetClaim;
 use crate::cache::policy::{self, RequestFacts, Reuse, Shareability, Verdict};
 use crate::cache::{CacheKey, CachedResponse, Timing, Variant};
 use crate::coalesce::Leader;
+use crate::coalesce::stream::{SharedStream, StreamObserver, StreamWriter, shared_stream};
 use crate::config::{ClientNoCache, Route};
-use crate::http::directives::RequestDirectives;
+use crate::http::directives::{CORRAL_CACHE_CONTROL, RequestDirectives};
 use crate::http::vary_names;
 use crate::metrics::RouteMetrics;
 use crate::origin::{OriginError, OriginResponse};
@@ -45,11 +46,59 @@ pub enum FlightOutcome {
         /// instance fetched it) rather than from this flight's fetch.
         from_shared_tier: bool,
     },
+    /// A response every waiting client may receive, published as soon as
+    /// its head arrived: its body is shared as it arrives.
+    Streaming(Arc<StreamingAnswer>),
     /// The answer may not be shared: followers fetch for themselves, and the
     /// leader's client takes the answer handed to it alone.
     Unshareable,
     /// The origin failed; every waiting client gets an error and nothing is stored.
     Failed(Arc<OriginError>),
+}
+
+/// A fetched response on its way to every waiting client: its head, and its
+/// body shared chunk by chunk ([`SharedStream`]).
+#[derive(Debug)]
+pub struct StreamingAnswer {
+    /// The origin's status.
+    pub status: StatusCode,
+    /// The origin's end-to-end headers, prepared ([`prepare_origin_head`]).
+    pub headers: HeaderMap,
+    /// The request headers this response was selected by (its `Vary`).
+    pub variant: Variant,
+    /// When it arrived (for `Age`).
+    pub timing: Timing,
+    /// Its body, as it arrives. A body that breaks ends every reader with an
+    /// error, never as if complete.
+    pub body: SharedStream,
+    /// Whether it is being stored (if its body completes within the object limit).
+    pub storing: bool,
+    /// Why it is not stored, when that is known from its head (`too-large`:
+    /// its `Content-Length` is over the object limit).
+    pub not_stored_because: Option<&'static str>,
+    /// Whether it answers a revalidation of a stored response.
+    pub revalidated: bool,
+    /// The whole response once its body is complete (stored or not): what
+    /// a client that asked for more than the plain body (a range, a
+    /// validator match, only the head) is answered from. Closed without a
+    /// value when the body broke or was too large to hold.
+    pub whole: watch::Receiver<Option<Arc<CachedResponse>>>,
+}
+
+/// Accounts every shared body's memory and cut-loose readers in the metrics.
+struct StreamMetrics {
+    retained: prometheus_client::metrics::gauge::Gauge,
+    cut: prometheus_client::metrics::counter::Counter,
+}
+
+impl StreamObserver for StreamMetrics {
+    fn retained(&self, delta: i64) {
+        self.retained.inc_by(delta);
+    }
+
+    fn cut_loose(&self) {
+        self.cut.inc();
+    }
 }
 
 /// Where a fill's result goes: the flight (read by every waiting client), and,
@@ -324,11 +373,14 @@ impl Fill {
         Ok((response, timing))
     }
 
-    /// Reads a whole response (not a 304 for a revalidation), judges it once,
-    /// and publishes it: stored when it may be, shared with the waiting
-    /// clients when it may be, streamed to the leader's client alone
-    /// otherwise. `revalidation` says whether it answers a conditional request.
-    /// Returns whether the answer reached the shared tier.
+    /// Judges a whole response (not a 304 for a revalidation) once, and
+    /// hands it on: streamed to the leader's client alone when it may not be
+    /// shared; else published to every waiting client as soon as its head is
+    /// here, its body shared as it arrives, and stored once complete when it
+    /// may be and fits the object limit. An answer larger than that is
+    /// streamed to the clients already reading it, never stored, and the key
+    /// is passed from then on. `revalidation` says whether it answers a
+    /// conditional request. Returns whether the answer reached the shared tier.
     async fn complete(
         &self,
         mut response: OriginResponse,
@@ -344,44 +396,81 @@ impl Fill {
             response.headers(),
             &self.route.freshness,
         );
+        if verdict.shareability == Shareability::Private {
+            self.release(publish, response, Vec::new(), "unshareable");
+            return false;
+        }
         let declared_too_large = response
             .content_length()
             .is_some_and(|len| len > state.max_object_size as u64);
-        if verdict.shareability == Shareability::Private || declared_too_large {
-            let detail = if declared_too_large {
-                "too-large"
-            } else {
-                "unshareable"
-            };
-            self.release(publish, response, Vec::new(), detail);
-            return false;
-        }
-
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut received = 0usize;
-        loop {
-            match state.origin.read_chunk(&mut response).await {
-                Ok(Some(chunk)) => {
-                    received += chunk.len();
-                    chunks.push(chunk);
-                    if received > state.max_object_size {
-                        self.release(publish, response, chunks, "too-large");
-                        return false;
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => return publish.failed(error),
-            }
-        }
-
-        let mut headers = std::mem::take(response.headers_mut());
-        drop(response);
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(received));
+        // A server error answering for a stale entry never replaces it, even
+        // with explicit freshness: stale-if-error may still serve the stale
+        // one, and a stored error would answer everyone for its lifetime.
+        let replaces_stale_with_error = status.is_server_error() && self.stale.is_some();
+        let storing = verdict.shareability == Shareability::Store
+            && !replaces_stale_with_error
+            && !declared_too_large;
         let variant = Variant::capture(
-            vary_names(&headers),
+            vary_names(response.headers()),
             &self.route.forward_headers,
             &self.request_headers,
         );
+        let observer = Arc::new(StreamMetrics {
+            retained: state.metrics.stream_retained_bytes.clone(),
+            cut: state.metrics.stream_readers_cut.clone(),
+        });
+        let (writer, body) = shared_stream(self.route.stream_lag_limit, observer);
+        let (whole, whole_receiver) = watch::channel(None);
+        publish
+            .leader
+            .publish(FlightOutcome::Streaming(Arc::new(StreamingAnswer {
+                status,
+                headers: client_headers(response.headers()),
+                variant: variant.clone(),
+                timing,
+                body,
+                storing,
+                not_stored_because: declared_too_large.then_some("too-large"),
+                revalidated: revalidation,
+                whole: whole_receiver,
+            })));
+        let mut leader = Some(publish.leader);
+        if declared_too_large {
+            self.stop_storing(&writer, &mut leader, status);
+        }
+        let mut received = 0usize;
+        loop {
+            if !writer.ready().await {
+                // Too large to store, and nobody reads it any more.
+                return false;
+            }
+            match state.origin.read_chunk(&mut response).await {
+                Ok(Some(chunk)) => {
+                    received += chunk.len();
+                    writer.push(chunk);
+                    if received > state.max_object_size && leader.is_some() {
+                        self.stop_storing(&writer, &mut leader, status);
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(%error, "the origin's body broke: every reader's response fails");
+                    // Nothing stored: the flight ends (the leader dropped) and
+                    // the next request fetches afresh.
+                    writer.fail(&error.to_string());
+                    return false;
+                }
+            }
+        }
+        let Some(leader) = leader else {
+            writer.finish();
+            return false;
+        };
+        let chunks = writer.chunks();
+        writer.finish();
+        let mut headers = std::mem::take(response.headers_mut());
+        drop(response);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(received));
         let entry = Arc::new(CachedResponse::new(
             status,
             headers,
@@ -391,24 +480,41 @@ impl Fill {
             timing,
             &self.route.freshness,
         ));
-        // A server error answering for a stale entry never replaces it, even
-        // with explicit freshness: stale-if-error may still serve the stale
-        // one, and a stored error would answer everyone for its lifetime.
-        let replaces_stale_with_error = status.is_server_error() && self.stale.is_some();
-        let stored = verdict.shareability == Shareability::Store && !replaces_stale_with_error;
-        let shared = if stored {
-            self.store(publish.key(), &entry).await
+        let shared = if storing {
+            self.store(leader.key(), &entry).await
         } else {
             self.forget_stale(status);
             false
         };
-        publish.shared(entry, stored, status, revalidation);
+        whole.send_replace(Some(entry));
+        // Only now, the entry stored: a newcomer finds the slot or the entry.
+        leader.finish();
         shared
     }
 
-    /// The answer cannot be shared (private, or too large to hold): remember
-    /// the key as pass, and hand the answer (streamed after `prefix`, already
-    /// read) to the leader's client alone; followers fetch for themselves.
+    /// The answer is too large to store: the key is passed from now on (the
+    /// flight ends, so newcomers go straight to the origin), and the body is
+    /// only relayed to the clients already reading it, within their lag limit.
+    fn stop_storing(
+        &self,
+        writer: &StreamWriter,
+        leader: &mut Option<Leader<CacheKey, FlightOutcome>>,
+        status: StatusCode,
+    ) {
+        self.forget_stale(status);
+        if let Some(leader) = leader.take() {
+            self.state.pass_marks.mark(
+                leader.key().clone(),
+                Instant::now() + self.route.hit_for_pass,
+            );
+            leader.finish();
+        }
+        writer.stop_keeping();
+    }
+
+    /// The answer may not be shared: remember the key as pass, and hand the
+    /// answer (streamed after `prefix`, already read) to the leader's client
+    /// alone; followers fetch for themselves.
     fn release(
         &self,
         publish: Publish,
@@ -455,6 +561,14 @@ impl Fill {
             self.state.cache.remove_variant(&self.key, stale);
         }
     }
+}
+
+/// The origin's (prepared) head as clients receive it: without the
+/// `Corral-Cache-Control` field meant for corral alone.
+fn client_headers(origin: &HeaderMap) -> HeaderMap {
+    let mut headers = origin.clone();
+    headers.remove(&CORRAL_CACHE_CONTROL);
+    headers
 }
 
 /// Joins a body's chunks into one exact-size allocation. Always a copy, even

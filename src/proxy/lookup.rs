@@ -252,6 +252,52 @@ impl Proxy {
                 Next::Answer(render::from_entry(&response, status, parts, Instant::now()))
             }
             (Ok(FlightOutcome::Shared { .. }), _) => Next::OtherVariant,
+            (Ok(FlightOutcome::Streaming(streaming)), role)
+                if matches!(role, Role::Leader(_)) || streaming.variant.matches(&parts.headers) =>
+            {
+                if streaming.status.is_server_error()
+                    && let Some(stale) = self.stale_for(cx, route, stored, StaleReason::IfError)
+                {
+                    return Next::Answer(stale);
+                }
+                let status = CacheStatus {
+                    fwd_status: Some(streaming.status),
+                    stored: streaming.storing && !collapsed,
+                    detail: streaming.not_stored_because,
+                    ..CacheStatus::of(if streaming.revalidated {
+                        CacheOutcome::Revalidated { collapsed }
+                    } else {
+                        outcome
+                    })
+                };
+                if render::wants_whole(parts) {
+                    let mut whole = streaming.whole.clone();
+                    if let Ok(entry) = whole.wait_for(Option::is_some).await
+                        && let Some(entry) = entry.as_ref()
+                    {
+                        return Next::Answer(render::from_entry(
+                            entry,
+                            status,
+                            parts,
+                            Instant::now(),
+                        ));
+                    }
+                    // The body broke, or was too large to hold: this client
+                    // asks the origin itself, as newcomers to the key do.
+                    let body = reqwest::Body::from(Bytes::new());
+                    return Next::Answer(self.pass(cx, body, false, PassReason::Unshareable).await);
+                }
+                match render::from_stream(&streaming, status) {
+                    Some(answer) => Next::Answer(answer),
+                    // Too large to store, and its start already gone: this
+                    // client goes to the origin itself, as newcomers do.
+                    None => {
+                        let body = reqwest::Body::from(Bytes::new());
+                        Next::Answer(self.pass(cx, body, false, PassReason::Unshareable).await)
+                    }
+                }
+            }
+            (Ok(FlightOutcome::Streaming(_)), _) => Next::OtherVariant,
             (Ok(FlightOutcome::Unshareable), Role::Leader(handed)) => match handed.await {
                 // Too large to store, so the fill fetched the whole object
                 // without the client's Range: ask again with it, as later

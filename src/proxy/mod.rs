@@ -9,6 +9,8 @@
 //! - `fill`: the leader's fetch, its verdict, the store and the one outcome
 //!   it publishes;
 //! - `pass`: requests relayed without caching;
+//! - `idempotent`: POST and PATCH with `Idempotency-Key` on a route that opts
+//!   in, sent to the origin once per key and replayed to retries;
 //! - `render`: the one place a response and its `Cache-Status` are built;
 //! - `error`: the one place a failure becomes a response.
 
@@ -18,6 +20,7 @@ mod context;
 mod error;
 mod fill;
 mod forward;
+mod idempotent;
 mod lookup;
 mod pass;
 mod render;
@@ -48,6 +51,7 @@ use crate::coalesce::FlightMap;
 use crate::config::{Config, Route, RouteTable};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::origin::{OriginClient, OriginError};
+use crate::replay::Replay;
 
 /// How many times a request re-joins a key whose leader vanished before
 /// giving up with 502. (Re-joining after a leader fetched another variant is
@@ -112,6 +116,8 @@ struct ProxyState {
     max_object_size: usize,
     metrics: Arc<Metrics>,
     admission: Admission,
+    /// Idempotency-Key records: in the fleet's Redis with a fleet, else here.
+    replay: Arc<Replay>,
 }
 
 /// The caching, coalescing proxy service. Cheap to clone; clones share the
@@ -177,6 +183,15 @@ impl Proxy {
         };
         let max_object_size =
             usize::try_from(config.cache.max_object_size.as_u64()).unwrap_or(usize::MAX);
+        let replay = match &fleet {
+            Some(fleet) => Replay::in_redis(
+                Arc::clone(fleet.link()),
+                &config.fleet,
+                max_object_size,
+                metrics.idempotency.clone(),
+            ),
+            None => Replay::in_memory(max_object_size, metrics.idempotency.clone()),
+        };
         let origin_authority = config
             .origin
             .authority()
@@ -194,6 +209,7 @@ impl Proxy {
                 origin,
                 max_object_size,
                 admission: Admission::new(config, metrics.client_limits.clone()),
+                replay: Arc::new(replay),
                 metrics,
             }),
         })
@@ -332,13 +348,18 @@ impl Proxy {
             drop(body);
             return self.serve_cacheable(&cx, route).await;
         }
+        let reason = pass_reason.unwrap_or(PassReason::NoRoute);
+        if let Some(idempotent) = idempotent::applies(parts, route) {
+            return self
+                .idempotent(&cx, idempotent, body, has_body, reason)
+                .await;
+        }
         let (body, check) = if has_body {
             admission.limit_body(body)
         } else {
             // No body (a GET, usually): one the origin client can resend on retry.
             (reqwest::Body::from(Bytes::new()), Default::default())
         };
-        let reason = pass_reason.unwrap_or(PassReason::NoRoute);
         // A body that breaks or grows too large ends the exchange at once:
         // the origin may be waiting for the rest of it.
         tokio::select! {

@@ -5,6 +5,7 @@
 
 pub mod raw_client;
 pub mod raw_origin;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -342,6 +343,19 @@ pub async fn send(request: reqwest::RequestBuilder) -> Seen {
         .await
         .expect("request reaches corral");
     seen(response).await
+}
+
+/// One GET through `client` whose response may break before its head is
+/// complete (a body streamed as it arrives fails however far it got): the
+/// error that stopped it, else what came back.
+pub async fn try_get(client: &reqwest::Client, url: &str) -> Result<Seen, String> {
+    let response = client
+        .get(url)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|error| format!("{error:?}"))?;
+    Ok(seen(response).await)
 }
 
 /// One GET through `client`.

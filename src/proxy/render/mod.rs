@@ -8,7 +8,11 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use tokio::time::Instant;
 
-use super::body::ProxyBody;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+
+use super::body::{BoxError, ProxyBody};
+use super::fill::StreamingAnswer;
 use crate::cache::CachedResponse;
 use crate::cache::policy::{self, PassReason};
 use crate::http::CACHE_STATUS;
@@ -202,6 +206,42 @@ pub fn from_entry(
     }
     *response.headers_mut() = headers;
     Answer::new(response, status)
+}
+
+/// A response still arriving from the origin, rendered for a plain GET (no
+/// range, no validators: see [`wants_whole`]): its head with `Cache-Status`,
+/// and its body read from the shared stream as it arrives. `None` when the
+/// body can no longer be read from its first byte (an answer too large to
+/// store, whose start the other readers have moved past).
+pub fn from_stream(streaming: &StreamingAnswer, status: CacheStatus) -> Option<Answer> {
+    let reader = streaming.body.reader()?;
+    let chunks = futures_util::stream::unfold(reader, |mut reader| async move {
+        let next = reader.next().await?;
+        Some((next.map(Frame::data).map_err(BoxError::from), reader))
+    });
+    let mut response = Response::new(ProxyBody::Stream(BodyExt::boxed_unsync(StreamBody::new(
+        chunks,
+    ))));
+    *response.status_mut() = streaming.status;
+    let mut headers = streaming.headers.clone();
+    if streaming.status == StatusCode::OK && streaming.storing {
+        // Once stored, its ranges are answered from the cache.
+        headers.insert(header::ACCEPT_RANGES, accept_bytes());
+    }
+    *response.headers_mut() = headers;
+    Some(Answer::new(response, status))
+}
+
+/// Whether `parts` asks for more than a plain GET's whole body as it
+/// arrives: a HEAD, a range, or validators to match. Such a request is
+/// answered from the complete response ([`from_entry`]), not from a body
+/// still arriving.
+pub fn wants_whole(parts: &Parts) -> bool {
+    let request = &parts.headers;
+    parts.method != Method::GET
+        || request.contains_key(header::RANGE)
+        || request.contains_key(header::IF_NONE_MATCH)
+        || request.contains_key(header::IF_MODIFIED_SINCE)
 }
 
 /// `Accept-Ranges: bytes`: corral answers byte ranges of stored 200s.
