@@ -7,6 +7,8 @@
 //! - [`cache`]: the byte-bounded hot cache and freshness maths.
 //! - [`coalesce`]: the flight map: one fetch per key at a time, generic.
 //! - [`origin`]: the pooled outbound client and its typed errors.
+//! - [`tls`]: rustls plumbing: the crypto provider, PEM files, the listeners'
+//!   swappable certificates, why an origin's certificate was refused.
 //! - [`proxy`]: the per-request service tying the above together.
 //! - [`metrics`]: every metric, in one injected registry.
 //! - [`admin`]: metrics, health, purge and reload on their own listener.
@@ -32,6 +34,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod testing;
+pub mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -81,6 +84,7 @@ impl Corral {
         config: &Config,
         shared: Option<Arc<dyn crate::cache::Tier>>,
     ) -> Result<Corral, StartError> {
+        tls::install_crypto_provider();
         let metrics = Arc::new(Metrics::new());
         let proxy = Proxy::with_shared_tier(config, metrics, shared)?;
         Ok(Corral {

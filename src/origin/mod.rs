@@ -871,6 +871,7 @@ fn build_client(
     // hyper's read buffer (about 400 KiB) and then checked against the limit
     // once parsed ([`response_head_size`]).
     let h2_head = u32::try_from(max_response_head).unwrap_or(u32::MAX);
+    crate::tls::install_crypto_provider();
     reqwest::Client::builder()
         .http2_max_header_list_size(h2_head)
         .connect_timeout(connect)

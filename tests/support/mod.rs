@@ -180,6 +180,9 @@ fn push_lines(text: &mut String, lines: &str) {
 /// A client that never uses a proxy from the environment and keeps up to
 /// 1,024 idle connections, so bursts open one connection per request.
 pub fn client() -> reqwest::Client {
+    // reqwest takes its TLS crypto from the process default, and panics
+    // without one; corral installs it when it starts, which may be later.
+    corral::tls::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(1024)
@@ -190,6 +193,7 @@ pub fn client() -> reqwest::Client {
 /// A client speaking HTTP/2 with prior knowledge (h2c), as corral's listener
 /// accepts it.
 pub fn h2_client() -> reqwest::Client {
+    corral::tls::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
