@@ -70,6 +70,8 @@ async fn main() -> ExitCode {
 }
 
 async fn fill(base: &str, count: u64, concurrency: usize, timeout: Duration) -> ExitCode {
+    // reqwest panics without a process-wide rustls crypto provider.
+    corral::tls::install_crypto_provider();
     let client = match reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)

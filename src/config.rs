@@ -5,9 +5,11 @@
 //! (`"512MiB"`) are human-readable strings, and every error names the file, the
 //! line, the column and the reason. The only I/O here is reading the file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -144,8 +146,14 @@ pub struct Config {
     /// Client-facing listeners and limits.
     #[serde(default)]
     pub server: ServerConfig,
-    /// The one origin corral fronts.
+    /// The default origin: routes that name none, and requests no route
+    /// matches, go here.
     pub origin: OriginConfig,
+    /// More origins, by name (`[origins.NAME]`); a route picks one with
+    /// `origin = "NAME"`. Each has every `[origin]` setting and its own pool,
+    /// breaker, limits and retry budget.
+    #[serde(default)]
+    pub origins: BTreeMap<String, OriginConfig>,
     /// Hot cache sizing.
     #[serde(default)]
     pub cache: CacheConfig,
@@ -162,6 +170,68 @@ pub struct Config {
     /// Routes in match order; a request matching none is passed through uncached.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Where this config came from, so problems found after parsing (in the
+    /// files it names) are reported at their position too.
+    #[serde(skip)]
+    source: Source,
+}
+
+/// A problem with a configuration found after parsing it (in a file it
+/// names, say), at the span of the setting it is about; [`Config::refuse`]
+/// turns a list of them into a [`ConfigError`] with lines and columns.
+pub type PlacedProblem = (Range<usize>, String);
+
+/// The file a config was read from and its text.
+#[derive(Debug, Clone, Default)]
+struct Source {
+    path: PathBuf,
+    text: Arc<str>,
+}
+
+impl Source {
+    /// `problems` as a [`ConfigError`], in file order (by position; problems
+    /// at one position in the order they were checked), each at its line and
+    /// column.
+    fn refuse(&self, mut problems: Vec<PlacedProblem>) -> ConfigError {
+        problems.sort_by_key(|(span, _)| span.start);
+        ConfigError::InvalidConfig {
+            path: self.path.clone(),
+            problems: problems
+                .into_iter()
+                .map(|(span, reason)| {
+                    let (line, column) = line_column(&self.text, span.start);
+                    ConfigProblem {
+                        line,
+                        column,
+                        reason,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A certificate chain and its private key, both PEM files (`[server.tls]`,
+/// `[admin.tls]`). A relative path is taken from the config file's directory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, end-entity certificate first.
+    pub cert_file: Spanned<PathBuf>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1) of the first certificate.
+    pub key_file: Spanned<PathBuf>,
+}
+
+/// `[origin] http2`: whether corral may speak HTTP/2 to an HTTPS origin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Http2Mode {
+    /// Offer `h2` and `http/1.1` in ALPN; HTTP/2 when the origin picks it.
+    /// A plain `http://` origin is always spoken to in HTTP/1.1.
+    #[default]
+    Auto,
+    /// Offer only `http/1.1`.
+    Never,
 }
 
 /// `[admin]`: who may use the admin listener.
@@ -171,6 +241,9 @@ pub struct AdminConfig {
     /// When set, every admin endpoint but `/healthz` requires
     /// `Authorization: Bearer <token>` and answers 401 without it.
     pub token: Option<String>,
+    /// When set, the admin listener speaks only TLS, presenting this
+    /// certificate (reloaded with the rest, as `[server.tls]` is).
+    pub tls: Option<TlsFiles>,
 }
 
 /// `[log]`: what corral logs. The level filter comes from `RUST_LOG`.
@@ -316,6 +389,10 @@ pub struct ServerConfig {
     /// allows every port. On other routes the `Host` is validated (400 when
     /// missing, repeated or malformed) but neither keyed nor forwarded.
     pub hosts: Vec<Spanned<String>>,
+    /// When set, the proxy listener speaks only TLS (1.2 and 1.3, ALPN `h2`
+    /// and `http/1.1`), presenting this certificate. SIGHUP and
+    /// `POST /reload` load the files again for new connections.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -330,6 +407,7 @@ impl Default for ServerConfig {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             hosts: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -339,12 +417,28 @@ fn parse_default_addr(addr: &str) -> SocketAddr {
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
-/// `[origin]`: the upstream corral fetches from.
-#[derive(Debug, Clone, Deserialize)]
+/// `[origin]` (and each `[origins.NAME]`): an upstream corral fetches from.
+/// Equal configs (values compared, positions not) make equal clients, so a
+/// reload keeps an unchanged origin's pool and breaker.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OriginConfig {
-    /// Base URL, `http://host:port`; request paths are appended to it.
+    /// Base URL, `http://host[:port]` or `https://host[:port]`; request paths
+    /// are appended to it. For HTTPS, the certificate must name this host,
+    /// and it is the name sent in SNI, whatever `Host` a route sends.
     pub url: Spanned<String>,
+    /// A PEM bundle of CA certificates trusted for this origin besides the
+    /// system's roots (a private CA). A relative path is taken from the
+    /// config file's directory. HTTPS origins only.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// `true`: trust only `ca_file`, not the system's roots.
+    #[serde(default)]
+    pub ca_only: bool,
+    /// `"auto"`: HTTP/2 when the HTTPS origin offers it in ALPN, else
+    /// HTTP/1.1; `"never"`: HTTP/1.1 only.
+    #[serde(default)]
+    pub http2: Http2Mode,
     /// Limit on establishing a TCP connection to the origin.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -424,6 +518,9 @@ impl OriginConfig {
     pub fn for_url(url: Spanned<String>) -> OriginConfig {
         OriginConfig {
             url,
+            ca_file: None,
+            ca_only: false,
+            http2: Http2Mode::Auto,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: DEFAULT_ORIGIN_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
@@ -454,10 +551,45 @@ impl OriginConfig {
         uri.authority().cloned()
     }
 
-    /// Checks the protection settings serde cannot: ranges and non-zero limits.
-    /// Returns every problem found, in the order checked; empty when all hold.
-    fn problems(&self) -> Vec<String> {
+    /// Whether the origin is reached over TLS.
+    pub fn is_https(&self) -> bool {
+        self.url
+            .get_ref()
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    }
+
+    /// Checks what serde cannot for the table named `table` (`origin`, or
+    /// `origins.NAME`): the URL's shape, TLS settings that contradict it,
+    /// ranges and non-zero limits. Returns every problem found, in the order
+    /// checked; empty when all hold.
+    fn problems(&self, table: &str) -> Vec<String> {
         let mut problems = Vec::new();
+        let url = self.url.get_ref();
+        match url.parse::<http::Uri>() {
+            Err(e) => problems.push(format!("{table} url {url:?}: {e}")),
+            Ok(parsed) => {
+                let scheme = parsed.scheme_str();
+                if !matches!(scheme, Some("http" | "https")) || parsed.authority().is_none() {
+                    problems.push(format!(
+                        "{table} url {url:?} must be http://host[:port] or https://host[:port]"
+                    ));
+                }
+                if parsed.query().is_some() {
+                    problems.push(format!("{table} url {url:?} must not carry a query"));
+                }
+            }
+        }
+        if !self.is_https() && (self.ca_file.is_some() || self.ca_only) {
+            problems.push(format!(
+                "{table}.ca_file and {table}.ca_only apply to https:// origins only"
+            ));
+        }
+        if self.ca_only && self.ca_file.is_none() {
+            problems.push(format!(
+                "{table}.ca_only needs {table}.ca_file (it would trust no certificate)"
+            ));
+        }
         let limits = [
             ("connect_timeout", self.connect_timeout),
             ("timeout", self.timeout),
@@ -467,25 +599,58 @@ impl OriginConfig {
             ("breaker_window", self.breaker_window),
         ];
         for (name, _) in limits.iter().filter(|(_, limit)| limit.is_zero()) {
-            problems.push(format!("origin.{name} must be longer than zero"));
+            problems.push(format!("{table}.{name} must be longer than zero"));
         }
         if !(self.retry_budget.is_finite() && self.retry_budget >= 0.0) {
-            problems
-                .push("origin.retry_budget must be a fraction of zero or more (0.2 = 20%)".into());
+            problems.push(format!(
+                "{table}.retry_budget must be a fraction of zero or more (0.2 = 20%)"
+            ));
         }
         if !(self.breaker_failure_rate > 0.0 && self.breaker_failure_rate <= 1.0) {
-            problems.push("origin.breaker_failure_rate must be above 0 and at most 1".into());
+            problems.push(format!(
+                "{table}.breaker_failure_rate must be above 0 and at most 1"
+            ));
         }
         if self.breaker_min_requests == 0 {
-            problems.push("origin.breaker_min_requests must be at least 1".into());
+            problems.push(format!("{table}.breaker_min_requests must be at least 1"));
         }
         if self.max_concurrent == 0 {
-            problems.push("origin.max_concurrent must be at least 1".into());
+            problems.push(format!("{table}.max_concurrent must be at least 1"));
         }
         if self.max_response_header_size.as_u64() < 1024 {
-            problems.push("origin.max_response_header_size must be at least 1KiB".into());
+            problems.push(format!(
+                "{table}.max_response_header_size must be at least 1KiB"
+            ));
         }
         problems
+    }
+
+    /// This origin's durations that are longer than [`MAX_DURATION`], each
+    /// as a problem of the table named `table`.
+    fn absurd_durations(&self, table: &str) -> Vec<String> {
+        let durations = [
+            ("connect_timeout", self.connect_timeout),
+            ("timeout", self.timeout),
+            ("first_byte_timeout", self.first_byte_timeout),
+            ("request_timeout", self.request_timeout),
+            ("pool_idle_timeout", self.pool_idle_timeout),
+            ("retry_backoff_max", self.retry_backoff_max),
+            ("retry_budget_window", self.retry_budget_window),
+            ("max_retry_after", self.max_retry_after),
+            ("breaker_window", self.breaker_window),
+            ("breaker_open_for", self.breaker_open_for),
+            ("queue_timeout", self.queue_timeout),
+        ];
+        durations
+            .iter()
+            .filter(|(_, d)| *d > MAX_DURATION)
+            .map(|(key, _)| {
+                format!(
+                    "{table}.{key} is longer than the {} allowed",
+                    humantime::format_duration(MAX_DURATION)
+                )
+            })
+            .collect()
     }
 }
 
@@ -583,6 +748,9 @@ pub struct RouteConfig {
     /// Path prefix (`/api/`) or glob (`/api/*/reviews`, `*` spans `/`).
     #[serde(rename = "match")]
     pub pattern: Spanned<String>,
+    /// The `[origins.NAME]` this route's requests go to; unset: `[origin]`.
+    #[serde(default)]
+    pub origin: Option<Spanned<String>>,
     /// Freshness of a 200 response whose origin says nothing about it (no
     /// `max-age`, `s-maxage` or `Expires`); with `override_origin`, of every
     /// 200 response.
@@ -970,32 +1138,63 @@ impl Config {
     /// each problem, in file order: the one TOML syntax or type error when
     /// `text` does not parse, else every semantic problem at once.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let problem = |span: Option<Range<usize>>, reason: String| {
-            let (line, column) = line_column(text, span.map_or(0, |s| s.start));
-            ConfigProblem {
-                line,
-                column,
-                reason,
-            }
-        };
-        let invalid = |problems: Vec<ConfigProblem>| ConfigError::InvalidConfig {
+        let source = Source {
             path: path.to_owned(),
-            problems,
+            text: Arc::from(text),
         };
-        let config: Config = toml::from_str(text)
-            .map_err(|e| invalid(vec![problem(e.span(), e.message().trim().to_owned())]))?;
-        let mut problems = config.validate();
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            source.refuse(vec![(
+                e.span().unwrap_or(0..0),
+                e.message().trim().to_owned(),
+            )])
+        })?;
+        config.source = source;
+        config.resolve_relative_paths();
+        let problems = config.validate();
         if problems.is_empty() {
             return Ok(config);
         }
-        // Stable: problems at one position keep the order they were checked in.
-        problems.sort_by_key(|(span, _)| span.start);
-        Err(invalid(
-            problems
-                .into_iter()
-                .map(|(span, reason)| problem(Some(span), reason))
-                .collect(),
-        ))
+        Err(config.refuse(problems))
+    }
+
+    /// Refuses this config for `problems` found after parsing (in the files
+    /// it names, say), each at the position of the value it is about, in the
+    /// same form as the problems [`Config::parse`] finds.
+    pub fn refuse(&self, problems: Vec<PlacedProblem>) -> ConfigError {
+        self.source.refuse(problems)
+    }
+
+    /// Every certificate, key and CA file path in the config, made absolute
+    /// against the config file's directory when written relative: corral
+    /// may run from anywhere, and the file is what the operator wrote them
+    /// next to.
+    fn resolve_relative_paths(&mut self) {
+        let Some(base) = self
+            .source
+            .path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(Path::to_owned)
+        else {
+            return;
+        };
+        let resolve = |file: &mut Spanned<PathBuf>| {
+            if file.get_ref().is_relative() {
+                *file = Spanned::new(file.span(), base.join(file.get_ref()));
+            }
+        };
+        for tls in [&mut self.server.tls, &mut self.admin.tls]
+            .into_iter()
+            .flatten()
+        {
+            resolve(&mut tls.cert_file);
+            resolve(&mut tls.key_file);
+        }
+        for origin in std::iter::once(&mut self.origin).chain(self.origins.values_mut()) {
+            if let Some(ca_file) = &mut origin.ca_file {
+                resolve(ca_file);
+            }
+        }
     }
 
     /// The configuration `corral --origin URL` runs with: one catch-all route.
@@ -1019,9 +1218,11 @@ impl Config {
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             fleet: FleetConfig::default(),
+            origins: BTreeMap::new(),
             routes: vec![RouteConfig {
                 name: Some("default".to_owned()),
                 pattern: Spanned::new(0..0, "/".to_owned()),
+                origin: None,
                 ttl,
                 override_origin: false,
                 heuristic: false,
@@ -1050,22 +1251,25 @@ impl Config {
                 idempotency_max_body: DEFAULT_IDEMPOTENCY_MAX_BODY,
                 idempotency_identity_header: None,
             }],
+            source: Source {
+                path: PathBuf::from("--origin"),
+                text: Arc::from(""),
+            },
         };
         let problems = config.validate();
         if problems.is_empty() {
             return Ok(config);
         }
-        Err(ConfigError::InvalidConfig {
-            path: PathBuf::from("--origin"),
-            problems: problems
-                .into_iter()
-                .map(|(_, reason)| ConfigProblem {
-                    line: 1,
-                    column: 1,
-                    reason,
-                })
-                .collect(),
-        })
+        Err(config.refuse(problems))
+    }
+
+    /// The default origin (named `None`) and every `[origins.NAME]`, in name order.
+    pub fn all_origins(&self) -> impl Iterator<Item = (Option<&str>, &OriginConfig)> {
+        std::iter::once((None, &self.origin)).chain(
+            self.origins
+                .iter()
+                .map(|(name, origin)| (Some(name.as_str()), origin)),
+        )
     }
 
     /// This config with `window` as every route's default stale-if-error
@@ -1084,28 +1288,28 @@ impl Config {
     fn validate(&self) -> Vec<(Range<usize>, String)> {
         let mut problems: Vec<(Range<usize>, String)> = Vec::new();
         let url_span = self.origin.url.span();
-        let url = self.origin.url.get_ref();
-        match url.parse::<http::Uri>() {
-            Err(e) => problems.push((url_span.clone(), format!("origin url {url:?}: {e}"))),
-            Ok(parsed) => {
-                if parsed.scheme_str() != Some("http") || parsed.authority().is_none() {
-                    problems.push((
-                        url_span.clone(),
-                        format!(
-                            "origin url {url:?} must be http://host[:port] (TLS origins are not supported yet)"
-                        ),
-                    ));
-                }
-                if parsed.query().is_some() {
-                    problems.push((
-                        url_span.clone(),
-                        format!("origin url {url:?} must not carry a query"),
-                    ));
-                }
-            }
-        }
-        for reason in self.origin.problems() {
+        for reason in self.origin.problems("origin") {
             problems.push((url_span.clone(), reason));
+        }
+        for (name, origin) in &self.origins {
+            let span = origin.url.span();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                problems.push((
+                    span.clone(),
+                    format!("origins name {name:?} must be letters, digits, '-' and '_'"),
+                ));
+            }
+            let table = format!("origins.{name}");
+            for reason in origin.problems(&table) {
+                problems.push((span.clone(), reason));
+            }
+            for reason in origin.absurd_durations(&table) {
+                problems.push((span.clone(), reason));
+            }
         }
         for route in &self.routes {
             let pattern = route.pattern.get_ref();
@@ -1165,6 +1369,20 @@ impl Config {
                     ));
                 }
             }
+            if let Some(origin) = &route.origin
+                && !self.origins.contains_key(origin.get_ref())
+            {
+                let defined: Vec<&str> = self.origins.keys().map(String::as_str).collect();
+                problems.push((
+                    origin.span(),
+                    format!(
+                        "route {pattern:?}: origin {:?} is not defined (add an [origins.{}] table; defined: {})",
+                        origin.get_ref(),
+                        origin.get_ref(),
+                        if defined.is_empty() { "none".to_owned() } else { defined.join(", ") }
+                    ),
+                ));
+            }
             if route.lock_timeout.is_zero() {
                 problems.push((
                     route.pattern.span(),
@@ -1212,29 +1430,15 @@ impl Config {
                 ));
             }
         }
-        let global = [
+        let server = [
             (
                 "server.header_read_timeout",
                 self.server.header_read_timeout,
             ),
             ("server.idle_timeout", self.server.idle_timeout),
             ("server.shutdown_timeout", self.server.shutdown_timeout),
-            ("origin.connect_timeout", self.origin.connect_timeout),
-            ("origin.timeout", self.origin.timeout),
-            ("origin.first_byte_timeout", self.origin.first_byte_timeout),
-            ("origin.request_timeout", self.origin.request_timeout),
-            ("origin.pool_idle_timeout", self.origin.pool_idle_timeout),
-            ("origin.retry_backoff_max", self.origin.retry_backoff_max),
-            (
-                "origin.retry_budget_window",
-                self.origin.retry_budget_window,
-            ),
-            ("origin.max_retry_after", self.origin.max_retry_after),
-            ("origin.breaker_window", self.origin.breaker_window),
-            ("origin.breaker_open_for", self.origin.breaker_open_for),
-            ("origin.queue_timeout", self.origin.queue_timeout),
         ];
-        for (key, _) in global.iter().filter(|(_, d)| *d > MAX_DURATION) {
+        for (key, _) in server.iter().filter(|(_, d)| *d > MAX_DURATION) {
             problems.push((
                 url_span.clone(),
                 format!(
@@ -1242,6 +1446,9 @@ impl Config {
                     humantime::format_duration(MAX_DURATION)
                 ),
             ));
+        }
+        for reason in self.origin.absurd_durations("origin") {
+            problems.push((url_span.clone(), reason));
         }
         for host in &self.server.hosts {
             let name = host.get_ref();
@@ -1282,6 +1489,7 @@ impl Config {
                 Route {
                     name: r.name.clone().unwrap_or_else(|| pattern.clone()),
                     matcher,
+                    origin: r.origin.as_ref().map(|name| name.get_ref().clone()),
                     freshness: FreshnessPolicy {
                         route_ttl: r.ttl,
                         override_origin: r.override_origin,
@@ -1321,6 +1529,12 @@ impl Config {
     }
 }
 
+/// The name of the table that configures the origin named `name`:
+/// `origin` for the default one, `origins.NAME` for the others.
+pub fn origin_table(name: Option<&str>) -> String {
+    name.map_or_else(|| "origin".to_owned(), |name| format!("origins.{name}"))
+}
+
 /// 1-based line and column of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -1345,6 +1559,9 @@ pub struct Route {
     /// Label for metrics and logs (bounded: comes from the config, never the path).
     pub name: String,
     matcher: PathMatcher,
+    /// The `[origins.NAME]` requests on this route go to (a name the config
+    /// defines); `None`: the default `[origin]`.
+    pub origin: Option<String>,
     /// The route's say in freshness: default and overriding ttls, heuristic,
     /// negative caching and default stale windows.
     pub freshness: FreshnessPolicy,

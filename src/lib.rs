@@ -6,7 +6,9 @@
 //! - [`http`]: pure HTTP caching semantics (shareability, keys, `Cache-Status`).
 //! - [`cache`]: the byte-bounded hot cache and freshness maths.
 //! - [`coalesce`]: the flight map: one fetch per key at a time, generic.
-//! - [`origin`]: the pooled outbound client and its typed errors.
+//! - [`origin`]: the pooled outbound clients (one per origin) and their typed errors.
+//! - [`tls`]: rustls plumbing: the crypto provider, PEM files, the listeners'
+//!   swappable certificates, why an origin's certificate was refused.
 //! - [`proxy`]: the per-request service tying the above together.
 //! - [`metrics`]: every metric, in one injected registry.
 //! - [`admin`]: metrics, health, purge and reload on their own listener.
@@ -35,6 +37,7 @@ pub mod reload;
 pub mod replay;
 pub mod server;
 pub mod testing;
+pub mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -44,11 +47,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::origin::OriginSpec;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::server::{ConnectionLimits, ListenerMetrics};
+use crate::tls::{ListenerCertificates, ListenerTls};
 
 /// Why corral could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,21 +61,30 @@ pub enum StartError {
     /// The proxy could not be built (its origin client, or its fleet).
     #[error(transparent)]
     Build(#[from] crate::proxy::BuildError),
+    /// A certificate, key or CA file the config names cannot be used, or an
+    /// origin's client cannot be built; each problem at its position.
+    #[error(transparent)]
+    InvalidConfig(#[from] ConfigError),
+    /// rustls refused the listeners' TLS configuration.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// A configured corral instance, ready to serve on listeners the caller binds.
 pub struct Corral {
     proxy: Proxy,
     limits: ConnectionLimits,
+    tls: ListenerTls,
     reloader: Reloader,
 }
 
 impl Corral {
-    /// Builds the proxy, its cache and its metrics from `config`.
+    /// Builds the proxy, its cache, its origins' clients, its listeners' TLS
+    /// and its metrics from `config`.
     ///
     /// # Errors
-    /// [`StartError`] when the origin client cannot be built or the fleet's
-    /// URL is unusable.
+    /// [`StartError`] when a file the config names cannot be used or an
+    /// origin's client cannot be built.
     pub fn new(config: &Config) -> Result<Corral, StartError> {
         Corral::with_shared_tier(config, None)
     }
@@ -80,25 +94,33 @@ impl Corral {
     /// and every stored fill writes.
     ///
     /// # Errors
-    /// [`StartError::Build`] when the origin client cannot be built or the
-    /// fleet's URL is unusable.
+    /// As [`Corral::new`].
     pub fn with_shared_tier(
         config: &Config,
         shared: Option<Arc<dyn crate::cache::Tier>>,
     ) -> Result<Corral, StartError> {
+        tls::install_crypto_provider();
+        let certificates = ListenerCertificates::load(config).map_err(|p| config.refuse(p))?;
+        let tls = ListenerTls::new(&certificates)?;
         let metrics = Arc::new(Metrics::new());
         let proxy = Proxy::with_shared_tier(config, metrics, shared)?;
         Ok(Corral {
-            reloader: Reloader::new(proxy.clone(), config.clone(), None),
+            reloader: Reloader::new(proxy.clone(), tls.clone(), config.clone(), None),
             proxy,
             limits: ConnectionLimits::from_config(&config.server),
+            tls,
         })
     }
 
     /// Records that the config came from `path`, so SIGHUP and `POST /reload`
     /// can re-read it. Without it, reloads are refused.
     pub fn with_config_file(mut self, config: &Config, path: PathBuf) -> Corral {
-        self.reloader = Reloader::new(self.proxy.clone(), config.clone(), Some(path));
+        self.reloader = Reloader::new(
+            self.proxy.clone(),
+            self.tls.clone(),
+            config.clone(),
+            Some(path),
+        );
         self
     }
 
@@ -129,6 +151,7 @@ impl Corral {
             listener,
             self.limits.clone(),
             ListenerMetrics::of(proxy.metrics()),
+            self.tls.server.as_ref().map(|tls| tls.acceptor()),
             move |request, client| {
                 let proxy = proxy.clone();
                 async move { proxy.handle(request, client).await }
@@ -144,6 +167,7 @@ impl Corral {
             admin,
             admin_limits,
             ListenerMetrics::default(),
+            self.tls.admin.as_ref().map(|tls| tls.acceptor()),
             move |request, _client| {
                 let admin_handler = admin_handler.clone();
                 async move { admin_handler.handle(request).await }
@@ -156,5 +180,25 @@ impl Corral {
             let _ = stop.send(true);
         };
         tokio::join!(traffic, admin_traffic, trigger);
+    }
+}
+
+/// Loads and checks every file `config` names, as starting would: each
+/// listener's certificate chain and key (readable, PEM, the key matching the
+/// certificate) and each origin's CA bundle. Binds nothing, contacts nothing.
+///
+/// # Errors
+/// Every problem found, each at the position of its setting.
+pub fn check_files(config: &Config) -> Result<(), ConfigError> {
+    let mut problems = ListenerCertificates::load(config).err().unwrap_or_default();
+    problems.extend(
+        config
+            .all_origins()
+            .filter_map(|(name, origin)| OriginSpec::load(name, origin).err()),
+    );
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(config.refuse(problems))
     }
 }

@@ -27,7 +27,7 @@ struct Cli {
     #[arg(long, env = "CORRAL_CONFIG", conflicts_with_all = ["origin", "listen", "admin_listen", "ttl", "stale_if_error"])]
     config: Option<PathBuf>,
 
-    /// Run without a file, in front of this origin (http://host:port).
+    /// Run without a file, in front of this origin (http:// or https://host[:port]).
     #[arg(long, env = "CORRAL_ORIGIN")]
     origin: Option<String>,
 
@@ -185,8 +185,10 @@ async fn fleet_demo_until_signal(options: fleet_demo::FleetDemoOptions) -> ExitC
     }
 }
 
+/// Validates the file and every file it names (certificates, keys, CA
+/// bundles), as starting would.
 fn check(file: &Path) -> ExitCode {
-    match Config::load(file) {
+    match Config::load(file).and_then(|config| corral::check_files(&config).map(|()| config)) {
         Ok(config) => {
             println!("{}: ok ({} routes)", file.display(), config.routes.len());
             ExitCode::SUCCESS
@@ -332,6 +334,12 @@ fn install_logging(
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // The verifier logs every refused origin certificate itself; corral logs
+    // each one once, with the origin and the reason (`proxy::error`).
+    let filter = match "rustls_platform_verifier=off".parse() {
+        Ok(quiet) => filter.add_directive(quiet),
+        Err(_) => filter,
+    };
     // Colour only for a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

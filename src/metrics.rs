@@ -420,11 +420,15 @@ pub enum ClientLimit {
     /// repeated or invalid `Host`, a body on a cacheable GET or HEAD, a request
     /// body whose framing broke.
     Malformed,
+    /// A connection to a TLS listener did not complete its handshake (a
+    /// plaintext request, an unsupported protocol version, a client that
+    /// refused the certificate, or one too slow for `header_read_timeout`).
+    TlsHandshake,
 }
 
 impl ClientLimit {
     /// Every limit, in label order.
-    pub const ALL: [ClientLimit; 8] = [
+    pub const ALL: [ClientLimit; 9] = [
         ClientLimit::HeaderTimeout,
         ClientLimit::HeaderSize,
         ClientLimit::BodySize,
@@ -433,6 +437,7 @@ impl ClientLimit {
         ClientLimit::Method,
         ClientLimit::Host,
         ClientLimit::Malformed,
+        ClientLimit::TlsHandshake,
     ];
 
     /// The label value.
@@ -446,6 +451,7 @@ impl ClientLimit {
             ClientLimit::Method => "method",
             ClientLimit::Host => "host",
             ClientLimit::Malformed => "malformed",
+            ClientLimit::TlsHandshake => "tls_handshake",
         }
     }
 }

@@ -1,17 +1,27 @@
 //! Live reload: re-read the config file and apply what can change without a
 //! restart. Routes, TTLs, lock timeouts, hit-for-pass windows, the access log
-//! switch and the admin token change for requests that start afterwards; open
-//! connections, in-flight requests and the cache are untouched. Listen
-//! addresses and the other `[server]` limits, the `[origin]` settings (per-route
-//! timeouts do reload) and the `[cache]` sizes cannot change by reload: a file
-//! that changes them is still applied for the rest, and each ignored change
-//! is named in the report (logged, and in the `POST /reload` answer).
+//! switch, the admin token and the origins (added, removed or changed, CA
+//! files re-read) change for requests that start afterwards; the listeners'
+//! certificates change for connections that start afterwards. Open
+//! connections, in-flight requests (and fills, on the origin they started
+//! with) and the cache are untouched; an origin whose settings did not change
+//! keeps its pool and breaker. Listen addresses and the other `[server]`
+//! limits, whether a listener terminates TLS, and the `[cache]` sizes cannot
+//! change by reload: a file that changes them is still applied for the rest,
+//! and each ignored change is named in the report (logged, and in the
+//! `POST /reload` answer).
+//!
+//! A reload is all or nothing: the file, every certificate and key it names
+//! (each key must match its certificate) and every origin's CA file are
+//! loaded and checked before anything is applied, and any problem keeps the
+//! running config, certificates and origins in force.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, ConfigError};
 use crate::proxy::Proxy;
+use crate::tls::{ListenerCertificates, ListenerTls};
 
 /// Why a reload was refused; the running config stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -19,8 +29,9 @@ pub enum ReloadError {
     /// corral was started with `--origin`, so there is no file to re-read.
     #[error("corral was started without a config file; nothing to reload")]
     NoConfigFile,
-    /// The file is unreadable or invalid. Displays as the [`ConfigError`]
-    /// does: for an invalid file, one `file:line:col: reason` line per problem.
+    /// The file is unreadable or invalid, or a certificate, key or CA file
+    /// it names cannot be used. Displays as the [`ConfigError`] does: for an
+    /// invalid file, one `file:line:col: reason` line per problem.
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
 }
@@ -39,15 +50,19 @@ pub struct ReloadReport {
 #[derive(Clone)]
 pub struct Reloader {
     proxy: Proxy,
+    /// The listeners' TLS sides, whose certificates a reload replaces.
+    tls: ListenerTls,
     path: Option<PathBuf>,
     current: Arc<Mutex<Config>>,
 }
 
 impl Reloader {
-    /// A reloader for `proxy`, running with `config` read from `path` (if any).
-    pub fn new(proxy: Proxy, config: Config, path: Option<PathBuf>) -> Reloader {
+    /// A reloader for `proxy` and the listeners' `tls`, running with
+    /// `config` read from `path` (if any).
+    pub fn new(proxy: Proxy, tls: ListenerTls, config: Config, path: Option<PathBuf>) -> Reloader {
         Reloader {
             proxy,
+            tls,
             path,
             current: Arc::new(Mutex::new(config)),
         }
@@ -67,8 +82,23 @@ impl Reloader {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let next = Config::load(path)?;
-        let ignored = restart_only_changes(&current, &next);
-        self.proxy.reload(&next);
+        let certificates = ListenerCertificates::load(&next);
+        let settings = self.proxy.prepare(&next);
+        let (certificates, settings) = match (certificates, settings) {
+            (Ok(certificates), Ok(settings)) => (certificates, settings),
+            (certificates, settings) => {
+                let problems = certificates
+                    .err()
+                    .into_iter()
+                    .chain(settings.err())
+                    .flatten()
+                    .collect();
+                return Err(next.refuse(problems).into());
+            }
+        };
+        let mut ignored = restart_only_changes(&current, &next);
+        ignored.extend(self.tls.replace(&certificates));
+        self.proxy.apply(settings);
         let report = ReloadReport {
             routes: next.routes.len(),
             ignored,
@@ -93,17 +123,13 @@ fn restart_only_changes(current: &Config, next: &Config) -> Vec<String> {
             next.server.admin_listen, current.server.admin_listen
         ));
     }
-    if current.origin.url.get_ref() != next.origin.url.get_ref() {
-        ignored.push("origin.url changed (restart to apply)".to_owned());
-    }
-    // The origin client (pool, timeouts, retries, breaker, limits) is built
-    // once; name each [origin] setting a reload did not apply.
+    // Each listener's settings are fixed when it starts.
     macro_rules! restart_only {
-        ($section:ident, $note:literal: $($field:ident),* $(,)?) => {
+        ($($field:ident),* $(,)?) => {
             $(
-                if current.$section.$field != next.$section.$field {
+                if current.server.$field != next.server.$field {
                     ignored.push(format!(
-                        concat!(stringify!($section), ".{} changed (restart to apply", $note, ")"),
+                        "server.{} changed (restart to apply)",
                         stringify!($field)
                     ));
                 }
@@ -111,7 +137,6 @@ fn restart_only_changes(current: &Config, next: &Config) -> Vec<String> {
         };
     }
     restart_only!(
-        server, "":
         header_read_timeout,
         idle_timeout,
         max_header_size,
@@ -120,28 +145,14 @@ fn restart_only_changes(current: &Config, next: &Config) -> Vec<String> {
         shutdown_timeout,
         hosts,
     );
-    restart_only!(
-        origin, "; per-route timeouts reload live":
-        connect_timeout,
-        timeout,
-        first_byte_timeout,
-        request_timeout,
-        pool_idle_timeout,
-        pool_max_idle,
-        retries,
-        retry_backoff,
-        retry_backoff_max,
-        retry_budget,
-        retry_budget_window,
-        max_retry_after,
-        breaker_failure_rate,
-        breaker_min_requests,
-        breaker_window,
-        breaker_open_for,
-        max_concurrent,
-        queue_depth,
-        queue_timeout,
-    );
+    if current.origin.authority() != next.origin.authority() {
+        // Admission learns the origin's own host once, at start.
+        ignored.push(
+            "origin.url names another host: requests go there now, but absolute-form \
+             request targets naming it are accepted only after a restart"
+                .to_owned(),
+        );
+    }
     if current.cache.max_size != next.cache.max_size
         || current.cache.max_object_size != next.cache.max_object_size
         || current.cache.max_variants != next.cache.max_variants
@@ -183,16 +194,8 @@ mod tests {
     }
 
     #[test]
-    fn every_changed_origin_setting_is_reported_as_ignored() {
-        let ignored = restart_only_changes(&parse(""), &parse("retries = 5\nmax_concurrent = 3"));
-        assert_eq!(ignored.len(), 2, "{ignored:?}");
-        assert!(
-            ignored[0].starts_with("origin.retries changed"),
-            "{ignored:?}"
-        );
-        assert!(
-            ignored[1].starts_with("origin.max_concurrent changed"),
-            "{ignored:?}"
-        );
+    fn changed_origin_settings_apply_live() {
+        let changed = parse("retries = 5\nmax_concurrent = 3\nhttp2 = \"never\"");
+        assert!(restart_only_changes(&parse(""), &changed).is_empty());
     }
 }

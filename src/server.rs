@@ -22,6 +22,18 @@
 //!
 //! Neither runs while a request is in progress (from its parsed head until its
 //! response body has been handed to hyper).
+//!
+//! # TLS
+//!
+//! A listener given a [`TlsAcceptor`] speaks only TLS. The handshake runs in
+//! the connection's own task (a slow client never holds up the accept loop),
+//! bounded by the header timeout, since a client that has not finished its
+//! handshake has not started its request either. A connection whose
+//! handshake fails (a plaintext request to the TLS port, say) is closed after
+//! rustls' alert, counted as `tls_handshake` and logged at debug. ALPN offers
+//! `h2` and `http/1.1`; the HTTP version is then read off the connection's
+//! first bytes, as on a plaintext listener, and every limit above applies
+//! to the decrypted stream.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -45,6 +57,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::metrics::{ClientLimit, ClientLimitCounters, Metrics};
@@ -117,11 +130,15 @@ impl ListenerMetrics {
 /// `connections`) without being read until a slot frees, and the loop accepts
 /// nothing more meanwhile, so later ones wait in the kernel's accept queue.
 ///
+/// With `tls`, every connection must complete a TLS handshake first (see the
+/// module docs); without it, the listener speaks plaintext HTTP.
+///
 /// `handler` is called once per request with the client's address.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     limits: ConnectionLimits,
     metrics: ListenerMetrics,
+    tls: Option<TlsAcceptor>,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -150,6 +167,7 @@ pub async fn serve<H, F, B>(
         handler,
         limits,
         counters: metrics.limits.clone(),
+        tls,
     });
     let limits = &shared.limits;
     let (stop, stopped) = watch::channel(false);
@@ -253,10 +271,12 @@ struct Listener<H> {
     handler: H,
     limits: ConnectionLimits,
     counters: ClientLimitCounters,
+    /// Present when the listener terminates TLS.
+    tls: Option<TlsAcceptor>,
 }
 
-/// Serves one connection until it ends, the server stops, or a timeout cuts
-/// it off.
+/// Serves one connection (after its TLS handshake, on a TLS listener) until
+/// it ends, the server stops, or a timeout cuts it off.
 async fn serve_connection<H, F, B>(
     listener: Arc<Listener<H>>,
     stream: TcpStream,
@@ -268,6 +288,42 @@ async fn serve_connection<H, F, B>(
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some(acceptor) = &listener.tls else {
+        return serve_http(listener, stream, client, stopped).await;
+    };
+    let timeout = listener.limits.header_read_timeout;
+    let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
+    let accepted = tokio::select! {
+        accepted = handshake => accepted,
+        _ = stopped.wait_for(|stop| *stop) => return,
+    };
+    match accepted {
+        Ok(Ok(stream)) => serve_http(listener, stream, client, stopped).await,
+        Ok(Err(error)) => {
+            listener.counters.count(ClientLimit::TlsHandshake);
+            tracing::debug!(%client, %error, "TLS handshake failed; connection closed");
+        }
+        Err(_elapsed) => {
+            listener.counters.count(ClientLimit::TlsHandshake);
+            tracing::debug!(%client, ?timeout, "TLS handshake not completed in time; connection closed");
+        }
+    }
+}
+
+/// Serves HTTP on one connection's (decrypted) stream until it ends, the
+/// server stops, or a timeout cuts it off.
+async fn serve_http<H, F, B, S>(
+    listener: Arc<Listener<H>>,
+    stream: S,
+    client: SocketAddr,
+    mut stopped: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(WatchedStream {
@@ -536,13 +592,14 @@ impl<B: Body + Unpin> Body for WatchedBody<B> {
     }
 }
 
-/// The client's socket, reporting reads to the connection's [`Activity`].
-struct WatchedStream {
-    stream: TcpStream,
+/// The client's (decrypted) stream, reporting reads to the connection's
+/// [`Activity`].
+struct WatchedStream<S> {
+    stream: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for WatchedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -558,7 +615,7 @@ impl AsyncRead for WatchedStream {
     }
 }
 
-impl AsyncWrite for WatchedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

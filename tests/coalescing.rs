@@ -3,7 +3,7 @@
 //! and bounded follower waits (DESIGN.md invariants 1, 2, 4, 5 and 6).
 mod support;
 
-use support::{Seen, Setup, get, join_all, spawn_get};
+use support::{Setup, burst, get, join_all, spawn_get};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +12,6 @@ use std::time::Duration;
 use corral::testing::mock_origin::{Behaviour, Gate, MockOrigin, Reply};
 use reqwest::StatusCode;
 use tokio::io::AsyncReadExt;
-use tokio::sync::Barrier;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Every path cached for a minute, followers wait up to the default 10 s.
@@ -22,24 +20,6 @@ const ROUTES: &str = "[[route]]\nmatch = \"/\"\nttl = \"60s\"\n";
 /// How long a wait-for-condition loop may take before the test fails. Generous:
 /// other builds may share the machine.
 const WITHIN: Duration = Duration::from_secs(30);
-
-/// Spawns `count` GETs that all wait on one barrier, and releases them together.
-async fn burst(client: &reqwest::Client, url: &str, count: usize) -> Vec<JoinHandle<Seen>> {
-    let barrier = Arc::new(Barrier::new(count + 1));
-    let handles = (0..count)
-        .map(|_| {
-            let barrier = Arc::clone(&barrier);
-            let client = client.clone();
-            let url = url.to_owned();
-            tokio::spawn(async move {
-                barrier.wait().await;
-                get(&client, &url).await
-            })
-        })
-        .collect();
-    barrier.wait().await;
-    handles
-}
 
 fn is_hit(cache_status: &str) -> bool {
     cache_status.contains("; hit")

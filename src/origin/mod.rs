@@ -21,6 +21,21 @@
 //! long the client should wait; the proxy answers them with a stale entry when
 //! it has one, else 503 with `Retry-After`.
 //!
+//! # TLS
+//!
+//! An `https://` origin is reached with rustls (the *ring* provider, see
+//! [`crate::tls`]). Its certificate is verified against the system's roots
+//! (rustls-platform-verifier, which reqwest uses), plus `ca_file`'s, or
+//! against `ca_file`'s alone with `ca_only`; nothing turns verification off.
+//! SNI and the name checked are the origin URL's host: a route that sends
+//! the client's `Host` upstream changes the request, never the connection.
+//! Such a request goes over HTTP/1.1 even to an origin that offers HTTP/2,
+//! where `:authority` (the origin's host) and a different `Host` would
+//! contradict each other (RFC 9113 §8.3.1). A refused certificate is
+//! [`OriginError::Certificate`], never retried: trying again cannot fix it.
+//!
+//! Each origin ([`OriginSpec`]) gets its own client, pool and protections.
+//!
 //! This module never touches the cache or the flight map.
 
 mod breaker;
@@ -34,6 +49,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode};
+use rustls::pki_types::CertificateDer;
 use tokio::time::Instant;
 
 pub use breaker::{
@@ -42,8 +58,9 @@ pub use breaker::{
 pub use limit::{ConcurrencyLimit, LimitGauges, LimitPermit, Shed};
 pub use retry::{Backoff, RetryAfterGate, RetryBudget, parse_retry_after};
 
-use crate::config::OriginConfig;
+use crate::config::{Http2Mode, OriginConfig, PlacedProblem, origin_table};
 use crate::metrics::{Metrics, OriginMetrics, ShedReason};
+use crate::tls::{CertificateProblem, install_crypto_provider, load_certificates};
 
 /// `Retry-After` given to a request shed by the concurrency limit.
 const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -165,6 +182,16 @@ pub enum OriginError {
     /// retried.
     #[error("origin sent an invalid response: {0}")]
     InvalidResponse(#[source] reqwest::Error),
+    /// The origin's TLS certificate was refused: nothing was sent to it.
+    /// Never retried, and never taken for a disconnection (a stale entry is
+    /// served only under stale-if-error).
+    #[error("origin certificate refused ({problem}): {source}")]
+    Certificate {
+        /// What the verifier found wrong.
+        problem: CertificateProblem,
+        /// The failed request, carrying rustls' error.
+        source: reqwest::Error,
+    },
     /// The origin's response head is larger than
     /// `origin.max_response_header_size`: never relayed, stored or retried.
     #[error("origin response head of about {size} bytes exceeds the limit of {limit}")]
@@ -226,6 +253,7 @@ impl OriginError {
             OriginError::Request(_) => "request_error",
             OriginError::Body(_) => "body_error",
             OriginError::InvalidResponse(_) => "invalid_response",
+            OriginError::Certificate { problem, .. } => problem.as_str(),
             OriginError::ResponseHeadTooLarge { .. } => "head_too_large",
             OriginError::Refused { reason, .. } => reason.as_str(),
         }
@@ -367,17 +395,18 @@ pub struct OriginClient {
 
 #[derive(Debug)]
 struct Shared {
+    /// What this client was built from.
+    spec: OriginSpec,
     base: String,
-    /// The origin's authority: its label in metrics and logs.
+    /// The origin's label in metrics and logs (see [`OriginSpec::label`]).
     label: String,
     defaults: Timeouts,
-    pool_idle_timeout: Duration,
-    pool_max_idle: usize,
     /// The client for the origin's own connect and read timeouts.
     client: reqwest::Client,
-    /// Clients for routes that override them, built on first use, keyed by
-    /// `(connect, response)`. Few: one per distinct override in the config.
-    route_clients: Mutex<Vec<((Duration, Duration), reqwest::Client)>>,
+    /// Clients for routes that override them, and for requests that must go
+    /// over HTTP/1.1, built on first use and keyed by [`ClientKey`]. Few: one
+    /// per distinct override in the config, times two at most.
+    route_clients: Mutex<Vec<(ClientKey, reqwest::Client)>>,
     retries: u32,
     backoff: Backoff,
     budget: Mutex<RetryBudget>,
@@ -388,6 +417,76 @@ struct Shared {
     metrics: OriginMetrics,
     /// `origin.max_response_header_size`, in bytes.
     max_response_head: u64,
+    /// Whether ALPN may pick HTTP/2 on this origin's connections.
+    h2_possible: bool,
+}
+
+/// What tells one of an origin's reqwest clients from another: the connect
+/// and read limits it was built with, and whether it offers only HTTP/1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ClientKey {
+    connect: Duration,
+    read: Duration,
+    http1_only: bool,
+}
+
+/// Everything one origin's client is built from: its settings, the label it
+/// carries in metrics and logs, and the CA certificates its `ca_file` held
+/// when it was read. Equal specs build equivalent clients, so a reload that
+/// leaves an origin unchanged (its file's content included) keeps the
+/// running client, with its pool, breaker and budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginSpec {
+    label: String,
+    config: OriginConfig,
+    ca: Vec<CertificateDer<'static>>,
+}
+
+impl OriginSpec {
+    /// The spec of the origin named `name` (`None`: the default `[origin]`)
+    /// configured by `config`, reading its `ca_file`. Its label is the name,
+    /// or, for the default origin, the URL's authority (the label it has
+    /// always had).
+    ///
+    /// # Errors
+    /// `ca_file` is unreadable or holds no PEM certificate; the problem is
+    /// placed at the `ca_file` setting.
+    pub fn load(name: Option<&str>, config: &OriginConfig) -> Result<OriginSpec, PlacedProblem> {
+        let ca = match &config.ca_file {
+            None => Vec::new(),
+            Some(path) => load_certificates(path.get_ref()).map_err(|error| {
+                (
+                    path.span(),
+                    format!(
+                        "{}.ca_file {}: {error}",
+                        origin_table(name),
+                        path.get_ref().display()
+                    ),
+                )
+            })?,
+        };
+        let label = match name {
+            Some(name) => name.to_owned(),
+            None => config
+                .authority()
+                .map_or_else(|| config.url.get_ref().clone(), |a| a.as_str().to_owned()),
+        };
+        Ok(OriginSpec {
+            label,
+            config: config.clone(),
+            ca,
+        })
+    }
+
+    /// The origin's label in metrics (`origin="…"`) and logs.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The settings it was built from.
+    pub fn config(&self) -> &OriginConfig {
+        &self.config
+    }
 }
 
 /// One request to send, perhaps several times.
@@ -475,27 +574,26 @@ struct Verdict {
 }
 
 impl OriginClient {
-    /// Builds the client and its protections from `[origin]`, registering
-    /// their metrics in `metrics`.
+    /// Builds the client and its protections from `spec`, registering their
+    /// metrics in `metrics` under the spec's label.
     ///
     /// # Errors
-    /// The TLS/resolver backend could not be initialised.
-    pub fn new(config: &OriginConfig, metrics: &Metrics) -> Result<OriginClient, reqwest::Error> {
+    /// The TLS backend could not be initialised: for an HTTPS origin that
+    /// trusts the system's roots, the system has none.
+    pub fn new(spec: OriginSpec, metrics: &Metrics) -> Result<OriginClient, reqwest::Error> {
+        let config = spec.config();
         let defaults = Timeouts::from_config(config);
-        let max_response_head = config.max_response_header_size.as_u64();
+        let h2_possible = config.is_https() && config.http2 == Http2Mode::Auto;
         let client = build_client(
-            defaults.connect,
-            defaults.response,
-            config.pool_idle_timeout,
-            config.pool_max_idle,
-            max_response_head,
+            &spec,
+            ClientKey {
+                connect: defaults.connect,
+                read: defaults.response,
+                http1_only: !h2_possible,
+            },
         )?;
         let base = config.url.get_ref().trim_end_matches('/').to_owned();
-        let label = base
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()))
-            .unwrap_or_else(|| base.clone());
+        let label = spec.label().to_owned();
         let metrics = metrics.origin(&label);
         let now = Instant::now();
         let breaker = Breaker::new(
@@ -523,8 +621,6 @@ impl OriginClient {
                 base,
                 label,
                 defaults,
-                pool_idle_timeout: config.pool_idle_timeout,
-                pool_max_idle: config.pool_max_idle,
                 client,
                 route_clients: Mutex::new(Vec::new()),
                 retries: config.retries,
@@ -539,9 +635,16 @@ impl OriginClient {
                 breaker: Arc::new(breaker),
                 limit,
                 metrics,
-                max_response_head,
+                max_response_head: config.max_response_header_size.as_u64(),
+                h2_possible,
+                spec,
             }),
         })
+    }
+
+    /// What this client was built from.
+    pub fn spec(&self) -> &OriginSpec {
+        &self.shared.spec
     }
 
     /// The circuit breaker's state now.
@@ -633,7 +736,9 @@ impl OriginClient {
     ) -> Result<OriginResponse, OriginError> {
         let shared = &self.shared;
         let deadline = Instant::now() + timeouts.request;
-        let client = self.client_for(&timeouts);
+        // A request that names its own Host goes over HTTP/1.1 (module docs).
+        let http1_only = exchange.headers.contains_key(header::HOST);
+        let client = self.client_for(&timeouts, http1_only);
         // The last attempt's answer, kept while backing off in case the next
         // attempt is refused: the client then gets what the origin said.
         let mut previous: Option<Result<OriginResponse, OriginError>> = None;
@@ -829,25 +934,28 @@ impl OriginClient {
         }
     }
 
-    /// The client for `timeouts`' connect and read limits.
-    fn client_for(&self, timeouts: &Timeouts) -> reqwest::Client {
+    /// The client for `timeouts`' connect and read limits, offering only
+    /// HTTP/1.1 when `http1_only` is asked for.
+    fn client_for(&self, timeouts: &Timeouts, http1_only: bool) -> reqwest::Client {
         let shared = &self.shared;
-        let key = (timeouts.connect, timeouts.response);
-        if key == (shared.defaults.connect, shared.defaults.response) {
+        let key = ClientKey {
+            connect: timeouts.connect,
+            read: timeouts.response,
+            http1_only: http1_only || !shared.h2_possible,
+        };
+        let defaults = ClientKey {
+            connect: shared.defaults.connect,
+            read: shared.defaults.response,
+            http1_only: !shared.h2_possible,
+        };
+        if key == defaults {
             return shared.client.clone();
         }
         let mut clients = lock(&shared.route_clients);
         if let Some((_, client)) = clients.iter().find(|(k, _)| *k == key) {
             return client.clone();
         }
-        let built = build_client(
-            key.0,
-            key.1,
-            shared.pool_idle_timeout,
-            shared.pool_max_idle,
-            shared.max_response_head,
-        );
-        match built {
+        match build_client(&shared.spec, key) {
             Ok(client) => {
                 clients.push((key, client.clone()));
                 client
@@ -860,28 +968,45 @@ impl OriginClient {
     }
 }
 
-fn build_client(
-    connect: Duration,
-    read: Duration,
-    pool_idle_timeout: Duration,
-    pool_max_idle: usize,
-    max_response_head: u64,
-) -> Result<reqwest::Client, reqwest::Error> {
+/// A reqwest client for `spec`'s origin with `key`'s limits and protocols.
+fn build_client(spec: &OriginSpec, key: ClientKey) -> Result<reqwest::Client, reqwest::Error> {
+    install_crypto_provider();
+    let config = spec.config();
+    let max_response_head = config.max_response_header_size.as_u64();
     // HTTP/2 bounds the head as it decodes it; HTTP/1 heads are bounded by
     // hyper's read buffer (about 400 KiB) and then checked against the limit
     // once parsed ([`response_head_size`]).
     let h2_head = u32::try_from(max_response_head).unwrap_or(u32::MAX);
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .http2_max_header_list_size(h2_head)
-        .connect_timeout(connect)
-        .read_timeout(read)
-        .pool_idle_timeout(pool_idle_timeout)
-        .pool_max_idle_per_host(pool_max_idle)
+        .connect_timeout(key.connect)
+        .read_timeout(key.read)
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .pool_max_idle_per_host(config.pool_max_idle)
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
-        .default_headers(HeaderMap::new())
-        .build()
+        .default_headers(HeaderMap::new());
+    if key.http1_only {
+        builder = builder.http1_only();
+    }
+    let ca = spec
+        .ca
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<Vec<_>, _>>()?;
+    builder = if !config.is_https() {
+        // Never used for TLS: trusting nothing skips loading the system's
+        // roots, and a machine without any can still front a plain origin.
+        builder.tls_certs_only(Vec::new())
+    } else if config.ca_only {
+        builder.tls_certs_only(ca)
+    } else if !ca.is_empty() {
+        builder.tls_certs_merge(ca)
+    } else {
+        builder
+    };
+    builder.build()
 }
 
 /// The size of a response head as it was (about) sent in HTTP/1.1: the
@@ -916,7 +1041,12 @@ fn classify(
     timeouts: &Timeouts,
     body_limit: (TimeLimit, Duration),
 ) -> OriginError {
-    if is_invalid_response(&error) {
+    if let Some(problem) = CertificateProblem::find(&error) {
+        OriginError::Certificate {
+            problem,
+            source: error,
+        }
+    } else if is_invalid_response(&error) {
         OriginError::InvalidResponse(error)
     } else if error.is_connect() {
         if error.is_timeout() {

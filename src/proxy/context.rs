@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 
+use super::forward::ClientScheme;
 use crate::cache::policy::RequestFacts;
 use crate::cache::{CacheKey, NO_REQUEST_DIRECTIVES};
 use crate::config::{ClientNoCache, Route};
 use crate::http::directives::RequestDirectives;
 use crate::metrics::RouteMetrics;
-use crate::origin::TimeoutOverrides;
+use crate::origin::{OriginClient, TimeoutOverrides};
 
 /// One request: what the client sent, where it came from, the route it
 /// matched and where it goes upstream.
@@ -21,6 +22,11 @@ pub(super) struct RequestContext<'a> {
     pub parts: &'a Parts,
     /// The client's address.
     pub client: SocketAddr,
+    /// How the client reached corral (plaintext or TLS).
+    pub scheme: ClientScheme,
+    /// The origin the request's route picks (the default one when no route
+    /// matched), from the settings the request started with.
+    pub origin: &'a OriginClient,
     /// `None` when no route matched (the request is passed).
     pub route: Option<&'a Route>,
     /// The matched route's metric handles (or the unmatched ones).

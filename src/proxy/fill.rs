@@ -26,7 +26,7 @@ use crate::config::{ClientNoCache, Route};
 use crate::http::directives::{CORRAL_CACHE_CONTROL, RequestDirectives};
 use crate::http::vary_names;
 use crate::metrics::RouteMetrics;
-use crate::origin::{OriginError, OriginResponse};
+use crate::origin::{OriginClient, OriginError, OriginResponse};
 
 /// What a flight publishes: every waiting client, the leader's own included,
 /// reads this one value.
@@ -170,6 +170,9 @@ impl Publish {
 /// [`Leader`]: however the task ends (answer, error, panic), the slot is removed.
 pub(super) struct Fill {
     state: Arc<ProxyState>,
+    /// The origin the request's route picked when it started: a fill in
+    /// flight finishes there even if a reload changes or removes it.
+    origin: OriginClient,
     /// The flight's key, under which `stale` was found.
     key: CacheKey,
     path_and_query: String,
@@ -197,11 +200,13 @@ impl Fill {
         let honour_client = route.client_no_cache == ClientNoCache::Honour;
         Fill {
             state: Arc::clone(state),
+            origin: cx.origin.clone(),
             key: cx.key.clone(),
             path_and_query: path_and_query(parts).to_owned(),
             origin_headers: super::forward::fill_headers(
                 &parts.headers,
                 cx.client,
+                cx.scheme,
                 route,
                 cx.upstream_host.as_ref(),
                 honour_client,
@@ -344,12 +349,12 @@ impl Fill {
     async fn fetch(&self, headers: HeaderMap) -> Result<(OriginResponse, Timing), OriginError> {
         let state = &self.state;
         let request_time = Instant::now();
-        let fetched = state
+        let fetched = self
             .origin
             .fetch(
                 &self.path_and_query,
                 headers,
-                state.origin.timeouts(Some(&route_timeouts(&self.route))),
+                self.origin.timeouts(Some(&route_timeouts(&self.route))),
             )
             .await;
         observe_origin_duration(&state.metrics, request_time, &fetched);
@@ -444,7 +449,7 @@ impl Fill {
                 // Too large to store, and nobody reads it any more.
                 return false;
             }
-            match state.origin.read_chunk(&mut response).await {
+            match self.origin.read_chunk(&mut response).await {
                 Ok(Some(chunk)) => {
                     received += chunk.len();
                     writer.push(chunk);

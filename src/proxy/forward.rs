@@ -15,7 +15,8 @@
 //!   clients sending the same value);
 //! - corral's own `Host` (the preserved, validated host on a route that
 //!   preserves it; else the origin's, set by the origin client),
-//!   `X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded` and `Via`.
+//!   `X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded` and `Via` (the
+//!   proto is `https` on a listener that terminates TLS).
 //!
 //! Never the client's framing (`Content-Length`, `Transfer-Encoding`,
 //! `Expect`, `Upgrade`, trailers: a fill has no body, and a dangling length
@@ -84,11 +85,33 @@ fn is_forwarding_or_override(name: &HeaderName) -> bool {
 /// The `Forwarded` header (RFC 7239).
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
+/// How the client reached corral, as corral's forwarding headers state it
+/// (`X-Forwarded-Proto`, `Forwarded: proto=`): an origin that builds
+/// absolute links or redirects from them must not send an HTTPS client to
+/// plain HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClientScheme {
+    /// A plaintext listener.
+    Http,
+    /// A listener that terminates TLS.
+    Https,
+}
+
+impl ClientScheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            ClientScheme::Http => "http",
+            ClientScheme::Https => "https",
+        }
+    }
+}
+
 /// The headers of a cache fill for a client at `client` on `route`:
 /// the allow-list above, plus `host` when the route preserves it.
 pub(super) fn fill_headers(
     client_headers: &HeaderMap,
     client: SocketAddr,
+    scheme: ClientScheme,
     route: &Route,
     host: Option<&HeaderValue>,
     forward_cache_directives: bool,
@@ -111,7 +134,7 @@ pub(super) fn fill_headers(
         headers.insert(header::HOST, host.clone());
     }
     let keep_clients_forwarding = |name: &HeaderName| route.forward_headers.contains(name);
-    set_own_forwarding(&mut headers, client, &keep_clients_forwarding);
+    set_own_forwarding(&mut headers, client, scheme, &keep_clients_forwarding);
     headers.insert(header::VIA, HeaderValue::from_static(VIA_CORRAL));
     headers
 }
@@ -122,6 +145,7 @@ pub(super) fn fill_headers(
 pub(super) fn pass_headers(
     client_headers: &HeaderMap,
     client: SocketAddr,
+    scheme: ClientScheme,
     route: Option<&Route>,
     host: Option<&HeaderValue>,
     has_body: bool,
@@ -139,11 +163,14 @@ pub(super) fn pass_headers(
     match route {
         Some(route) if route.cache => {
             let listed = |name: &HeaderName| route.forward_headers.contains(name);
-            set_own_forwarding(&mut headers, client, &listed);
+            set_own_forwarding(&mut headers, client, scheme, &listed);
         }
         _ => {
             append_to_list(&mut headers, &X_FORWARDED_FOR, &client.ip().to_string());
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(scheme.as_str()),
+            );
         }
     }
     append_to_list(&mut headers, &header::VIA, VIA_CORRAL);
@@ -156,6 +183,7 @@ pub(super) fn pass_headers(
 fn set_own_forwarding(
     headers: &mut HeaderMap,
     client: SocketAddr,
+    scheme: ClientScheme,
     keep: &dyn Fn(&HeaderName) -> bool,
 ) {
     let doomed: Vec<HeaderName> = headers
@@ -173,14 +201,18 @@ fn set_own_forwarding(
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(scheme.as_str()),
+        );
     }
     if !headers.contains_key(&FORWARDED) {
+        let proto = scheme.as_str();
         // RFC 7239 §6: an IPv6 address is bracketed and quoted.
         let node = if ip.is_ipv6() {
-            format!("for=\"[{ip}]\";proto=http")
+            format!("for=\"[{ip}]\";proto={proto}")
         } else {
-            format!("for={ip};proto=http")
+            format!("for={ip};proto={proto}")
         };
         if let Ok(value) = HeaderValue::from_str(&node) {
             headers.insert(FORWARDED.clone(), value);
@@ -225,7 +257,14 @@ mod tests {
             ("accept-language", "fr"),
             ("user-agent", "curl/8"),
         ]);
-        let headers = fill_headers(&sent, CLIENT.parse().unwrap(), &route(""), None, true);
+        let headers = fill_headers(
+            &sent,
+            CLIENT.parse().unwrap(),
+            ClientScheme::Http,
+            &route(""),
+            None,
+            true,
+        );
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(
@@ -250,7 +289,14 @@ mod tests {
             ("origin", "https://a.example"),
         ]);
         let route = route("forward_headers = [\"X-Forwarded-Host\", \"Origin\"]");
-        let headers = fill_headers(&sent, CLIENT.parse().unwrap(), &route, None, true);
+        let headers = fill_headers(
+            &sent,
+            CLIENT.parse().unwrap(),
+            ClientScheme::Http,
+            &route,
+            None,
+            true,
+        );
         assert_eq!(headers["x-forwarded-host"], "shop.example");
         assert_eq!(headers["origin"], "https://a.example");
     }
@@ -258,7 +304,14 @@ mod tests {
     #[test]
     fn ignored_cache_directives_are_not_forwarded() {
         let sent = headers(&[("cache-control", "no-cache"), ("pragma", "no-cache")]);
-        let headers = fill_headers(&sent, CLIENT.parse().unwrap(), &route(""), None, false);
+        let headers = fill_headers(
+            &sent,
+            CLIENT.parse().unwrap(),
+            ClientScheme::Http,
+            &route(""),
+            None,
+            false,
+        );
         assert!(!headers.contains_key("cache-control"));
         assert!(!headers.contains_key("pragma"));
     }
@@ -271,11 +324,25 @@ mod tests {
             ("x-app", "1"),
         ]);
         let route = route("cache = false");
-        let headers = pass_headers(&sent, CLIENT.parse().unwrap(), Some(&route), None, false);
+        let headers = pass_headers(
+            &sent,
+            CLIENT.parse().unwrap(),
+            ClientScheme::Http,
+            Some(&route),
+            None,
+            false,
+        );
         assert!(!headers.contains_key("content-length"));
         assert!(!headers.contains_key("expect"));
         assert_eq!(headers["x-app"], "1");
-        let with_body = pass_headers(&sent, CLIENT.parse().unwrap(), Some(&route), None, true);
+        let with_body = pass_headers(
+            &sent,
+            CLIENT.parse().unwrap(),
+            ClientScheme::Http,
+            Some(&route),
+            None,
+            true,
+        );
         assert_eq!(with_body["content-length"], "5");
     }
 
@@ -283,11 +350,25 @@ mod tests {
     fn a_pass_on_a_cacheable_route_replaces_forwarding_fields() {
         let sent = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-original-url", "/admin")]);
         let cached = route("");
-        let headers = pass_headers(&sent, CLIENT.parse().unwrap(), Some(&cached), None, false);
+        let headers = pass_headers(
+            &sent,
+            CLIENT.parse().unwrap(),
+            ClientScheme::Http,
+            Some(&cached),
+            None,
+            false,
+        );
         assert_eq!(headers["x-forwarded-for"], "10.1.2.3");
         assert!(!headers.contains_key("x-original-url"));
         let passing = route("cache = false");
-        let headers = pass_headers(&sent, CLIENT.parse().unwrap(), Some(&passing), None, false);
+        let headers = pass_headers(
+            &sent,
+            CLIENT.parse().unwrap(),
+            ClientScheme::Http,
+            Some(&passing),
+            None,
+            false,
+        );
         assert_eq!(headers["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
     }
 
@@ -296,10 +377,35 @@ mod tests {
         let headers = fill_headers(
             &HeaderMap::new(),
             "[::1]:80".parse().unwrap(),
+            ClientScheme::Http,
             &route(""),
             None,
             true,
         );
         assert_eq!(headers["forwarded"], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn a_tls_client_is_forwarded_as_https() {
+        let client = CLIENT.parse().unwrap();
+        let filled = fill_headers(
+            &HeaderMap::new(),
+            client,
+            ClientScheme::Https,
+            &route(""),
+            None,
+            true,
+        );
+        assert_eq!(filled["x-forwarded-proto"], "https");
+        assert_eq!(filled["forwarded"], "for=10.1.2.3;proto=https");
+        let passed = pass_headers(
+            &HeaderMap::new(),
+            client,
+            ClientScheme::Https,
+            None,
+            None,
+            false,
+        );
+        assert_eq!(passed["x-forwarded-proto"], "https");
     }
 }

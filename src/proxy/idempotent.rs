@@ -43,7 +43,7 @@ use crate::cache::policy::PassReason;
 use crate::config::{IdempotencyPolicy, Route};
 use crate::http::directives::CORRAL_CACHE_CONTROL;
 use crate::metrics::{ClientLimit, RouteMetrics};
-use crate::origin::{OriginError, OriginResponse, TimeLimit, Timeouts};
+use crate::origin::{OriginClient, OriginError, OriginResponse, TimeLimit, Timeouts};
 use crate::replay::{
     Attempt, Begin, Credential, Declined, Fingerprint, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED,
     IdempotencyKey, KeyError, Owner, Record, RecordKey,
@@ -206,12 +206,14 @@ impl Proxy {
             headers: forward::pass_headers(
                 &parts.headers,
                 cx.client,
+                cx.scheme,
                 cx.route,
                 cx.upstream_host.as_ref(),
                 has_body,
             ),
             body,
-            timeouts: state.origin.timeouts(cx.route.map(route_timeouts).as_ref()),
+            timeouts: cx.origin.timeouts(cx.route.map(route_timeouts).as_ref()),
+            origin: cx.origin.clone(),
             route_metrics: cx.route_metrics.clone(),
             outcome,
         };
@@ -232,6 +234,8 @@ impl Proxy {
 /// One claimed request's exchange with the origin, run as its own task.
 struct Exchange {
     state: Arc<ProxyState>,
+    /// The route's origin, as it was when the request arrived.
+    origin: OriginClient,
     method: Method,
     path_and_query: String,
     /// For logs and error answers.
@@ -323,7 +327,7 @@ impl Exchange {
     async fn exchange(&self, max_answer: usize) -> Exchanged {
         let state = &self.state;
         let started = Instant::now();
-        let sent = state
+        let sent = self
             .origin
             .forward(
                 self.method.clone(),

@@ -12,7 +12,8 @@
 //! - `idempotent`: POST and PATCH with `Idempotency-Key` on a route that opts
 //!   in, sent to the origin once per key and replayed to retries;
 //! - `render`: the one place a response and its `Cache-Status` are built;
-//! - `error`: the one place a failure becomes a response.
+//! - `error`: the one place a failure becomes a response;
+//! - `upstream`: the origins a route may pick, swapped on reload.
 
 mod admission;
 mod body;
@@ -24,6 +25,7 @@ mod idempotent;
 mod lookup;
 mod pass;
 mod render;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,18 +42,19 @@ pub use body::{BoxError, ProxyBody};
 use context::{RequestContext, declares_content, path_and_query, request_directives};
 pub use error::ProxyError;
 pub use fill::FlightOutcome;
+use forward::ClientScheme;
 use render::Answer;
 pub use render::{CacheOutcome, CacheStatus, StaleReason, cache_status_value};
 
 use crate::cache::fleet::{Fleet, FleetError};
-use crate::cache::key::canonical_authority;
 use crate::cache::policy::{PassReason, request_pass_reason};
 use crate::cache::{CacheKey, HotCache, PassMarks, Purge, Tier};
 use crate::coalesce::FlightMap;
-use crate::config::{Config, Route, RouteTable};
+use crate::config::{Config, ConfigError, PlacedProblem, Route, RouteTable};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::origin::{OriginClient, OriginError};
+use crate::origin::OriginError;
 use crate::replay::Replay;
+use upstream::{Upstream, Upstreams};
 
 /// How many times a request re-joins a key whose leader vanished before
 /// giving up with 502. (Re-joining after a leader fetched another variant is
@@ -67,6 +70,8 @@ pub struct Settings {
     table: RouteTable,
     route_metrics: Vec<RouteMetrics>,
     unmatched: RouteMetrics,
+    /// The origins routes pick from.
+    upstreams: Upstreams,
     /// Whether one access-log event is emitted per request.
     pub access_log: bool,
     /// Bearer token the admin endpoints (except /healthz) require, if any.
@@ -74,21 +79,33 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Compiles `config`'s reloadable parts, resolving metric handles once.
-    pub fn new(config: &Config, metrics: &Metrics) -> Settings {
+    /// Compiles `config`'s reloadable parts, resolving metric handles once
+    /// and building its origins' clients (reusing `running`'s for origins
+    /// that did not change).
+    ///
+    /// # Errors
+    /// Every origin whose `ca_file` or client could not be set up, at the
+    /// position of its setting (for [`Config::refuse`]).
+    fn new(
+        config: &Config,
+        metrics: &Metrics,
+        running: Option<&Settings>,
+    ) -> Result<Settings, Vec<PlacedProblem>> {
+        let upstreams = Upstreams::build(config, metrics, running.map(|r| &r.upstreams))?;
         let table = config.route_table();
         let route_metrics = table
             .routes()
             .iter()
             .map(|r| metrics.route(&r.name))
             .collect();
-        Settings {
+        Ok(Settings {
             table,
             route_metrics,
             unmatched: metrics.route("unmatched"),
+            upstreams,
             access_log: config.log.access_log,
             admin_token: config.admin.token.clone(),
-        }
+        })
     }
 
     /// The compiled routes.
@@ -109,10 +126,9 @@ struct ProxyState {
     /// The fleet this instance belongs to, if any: its shared tier is
     /// `shared`, and its fetch lock elects one fetcher per key fleet-wide.
     fleet: Option<Arc<Fleet>>,
-    /// The origin's authority as the origin client sends it, canonical: what
-    /// the cache keys on for routes that do not preserve the client's host.
-    origin_authority: String,
-    origin: OriginClient,
+    /// How clients reach the proxy listener: whether it terminates TLS is
+    /// fixed when it starts.
+    client_scheme: ClientScheme,
     max_object_size: usize,
     metrics: Arc<Metrics>,
     admission: Admission,
@@ -130,9 +146,10 @@ pub struct Proxy {
 /// Why a proxy could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// The origin client could not be built.
-    #[error("cannot build the origin client: {0}")]
-    OriginClient(#[from] reqwest::Error),
+    /// An origin's `ca_file` or client could not be set up (each problem at
+    /// its position in the config).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The fleet could not be joined (its Redis URL is not usable).
     #[error("cannot join the fleet: {0}")]
     Fleet(#[from] FleetError),
@@ -160,7 +177,7 @@ impl Proxy {
         metrics: Arc<Metrics>,
         shared: Option<Arc<dyn Tier>>,
     ) -> Result<Proxy, BuildError> {
-        let origin = OriginClient::new(&config.origin, &metrics)?;
+        let settings = Settings::new(config, &metrics, None).map_err(|p| config.refuse(p))?;
         let evictions = metrics.cache_evictions.clone();
         let cache = HotCache::new(
             config.cache.max_size.as_u64(),
@@ -192,21 +209,19 @@ impl Proxy {
             ),
             None => Replay::in_memory(max_object_size, metrics.idempotency.clone()),
         };
-        let origin_authority = config
-            .origin
-            .authority()
-            .map(|authority| canonical_authority(authority.as_str()).into_owned())
-            .unwrap_or_default();
         Ok(Proxy {
             state: Arc::new(ProxyState {
-                settings: ArcSwap::from_pointee(Settings::new(config, &metrics)),
+                settings: ArcSwap::from_pointee(settings),
                 cache,
                 pass_marks: PassMarks::new(PASS_MARK_CAPACITY),
                 flights: FlightMap::new(),
                 shared,
                 fleet,
-                origin_authority,
-                origin,
+                client_scheme: if config.server.tls.is_some() {
+                    ClientScheme::Https
+                } else {
+                    ClientScheme::Http
+                },
                 max_object_size,
                 admission: Admission::new(config, metrics.client_limits.clone()),
                 replay: Arc::new(replay),
@@ -236,7 +251,11 @@ impl Proxy {
     /// The cache key of `path_and_query` on a route that does not preserve
     /// the client's `Host` (the key then holds the origin's own authority).
     pub fn origin_key(&self, path_and_query: &str) -> CacheKey {
-        CacheKey::new(&self.state.origin_authority, path_and_query)
+        let settings = self.state.settings.load();
+        CacheKey::new(
+            &settings.upstreams.default_origin().authority,
+            path_and_query,
+        )
     }
 
     /// The metrics this proxy updates.
@@ -249,13 +268,34 @@ impl Proxy {
         self.state.settings.load_full()
     }
 
-    /// Applies the reloadable parts of `config` (routes, TTLs, lock timeouts,
-    /// access log, admin token) to requests that start from now on. Requests
-    /// in flight finish with the settings they started with; open connections
-    /// and the cache are untouched.
-    pub fn reload(&self, config: &Config) {
-        let settings = Settings::new(config, &self.state.metrics);
+    /// Builds the reloadable parts of `config` (routes, TTLs, lock timeouts,
+    /// origins, access log, admin token) without applying them: origins whose
+    /// spec did not change keep their running clients.
+    ///
+    /// # Errors
+    /// Every origin whose `ca_file` or client could not be set up, at the
+    /// position of its setting (for [`Config::refuse`]).
+    pub fn prepare(&self, config: &Config) -> Result<Settings, Vec<PlacedProblem>> {
+        let running = self.state.settings.load();
+        Settings::new(config, &self.state.metrics, Some(&running))
+    }
+
+    /// Serves requests that start from now on with `settings` (from
+    /// [`Proxy::prepare`]). Requests in flight finish with the settings, and
+    /// on the origins, they started with; open connections and the cache are
+    /// untouched.
+    pub fn apply(&self, settings: Settings) {
         self.state.settings.store(Arc::new(settings));
+    }
+
+    /// [`Proxy::prepare`], then [`Proxy::apply`].
+    ///
+    /// # Errors
+    /// As [`Proxy::prepare`], positioned in `config`; nothing changes then.
+    pub fn reload(&self, config: &Config) -> Result<(), ConfigError> {
+        let settings = self.prepare(config).map_err(|p| config.refuse(p))?;
+        self.apply(settings);
+        Ok(())
     }
 
     /// Number of keys with an origin fetch in flight.
@@ -281,13 +321,11 @@ impl Proxy {
         let route_metrics = matched.map_or(&settings.unmatched, |(index, _)| {
             &settings.route_metrics[index]
         });
-        let pass_reason = match matched {
-            None => Some(PassReason::NoRoute),
-            Some((_, route)) if !route.cache => Some(PassReason::RouteBypass),
-            Some(_) => request_pass_reason(&parts.method, &parts.headers),
-        };
+        let origin = settings
+            .upstreams
+            .for_route(matched.map(|(_, route)| route));
         let answer = self
-            .dispatch(&parts, body, client, matched, route_metrics, pass_reason)
+            .dispatch(&parts, body, client, matched, route_metrics, origin)
             .await;
         let elapsed = started.elapsed();
         route_metrics.record(answer.status.label(), elapsed);
@@ -297,8 +335,8 @@ impl Proxy {
         answer.response
     }
 
-    /// Admits the request, works out where it goes upstream, and serves it
-    /// from the cache or passes it.
+    /// Admits the request, works out where it goes upstream (`origin`, the
+    /// one its route picks), and serves it from the cache or passes it.
     async fn dispatch<B>(
         &self,
         parts: &Parts,
@@ -306,12 +344,17 @@ impl Proxy {
         client: SocketAddr,
         matched: Option<(usize, &Route)>,
         route_metrics: &RouteMetrics,
-        pass_reason: Option<PassReason>,
+        origin: &Upstream,
     ) -> Answer
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let pass_reason = match matched {
+            None => Some(PassReason::NoRoute),
+            Some((_, route)) if !route.cache => Some(PassReason::RouteBypass),
+            Some(_) => request_pass_reason(&parts.method, &parts.headers),
+        };
         let admission = &self.state.admission;
         let refuse =
             |refused: ProxyError| refused.into_answer(CacheOutcome::Error, parts.uri.path());
@@ -328,11 +371,13 @@ impl Proxy {
         let authority = upstream_host
             .as_ref()
             .and_then(|host| host.to_str().ok())
-            .unwrap_or(&self.state.origin_authority);
+            .unwrap_or(&origin.authority);
         let cx = RequestContext {
             key: CacheKey::new(authority, path_and_query(parts)),
             parts,
             client,
+            scheme: self.state.client_scheme,
+            origin: &origin.client,
             route,
             route_metrics,
             upstream_host,

@@ -56,19 +56,20 @@ impl Proxy {
         let headers = forward::pass_headers(
             &parts.headers,
             cx.client,
+            cx.scheme,
             route,
             cx.upstream_host.as_ref(),
             has_body,
         );
         let started = Instant::now();
-        let sent = state
+        let sent = cx
             .origin
             .forward(
                 parts.method.clone(),
                 path_and_query(parts),
                 headers,
                 body,
-                state.origin.timeouts(route.map(route_timeouts).as_ref()),
+                cx.origin.timeouts(route.map(route_timeouts).as_ref()),
             )
             .await;
         observe_origin_duration(&state.metrics, started, &sent);

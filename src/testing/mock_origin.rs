@@ -5,6 +5,11 @@
 //! load the way a rate-limited origin does: past a number of requests in
 //! flight, it answers a fixed reply (a 429, say) at once ([`MockOrigin::shed_beyond`]).
 //!
+//! It can serve HTTPS too ([`MockOrigin::start_https`]), offering HTTP/2 in
+//! ALPN or not, and records what each TLS client sent before any request:
+//! the SNI name and the protocol negotiated ([`MockOrigin::tls_sessions`]),
+//! and how many handshakes failed ([`MockOrigin::failed_handshakes`]).
+//!
 //! It binds `127.0.0.1:0`; nothing here is meant for production traffic.
 
 use std::convert::Infallible;
@@ -15,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -23,9 +28,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 type MockBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -168,6 +177,8 @@ pub struct Seen {
     pub path: String,
     /// Request headers as received.
     pub headers: HeaderMap,
+    /// The HTTP version the request came in (`HTTP/2` or `HTTP/1.1`).
+    pub version: Version,
     /// 1-based count of requests to this script so far, this one included.
     pub nth: u64,
 }
@@ -193,6 +204,28 @@ struct State {
     shed: AtomicU64,
     /// Client connections accepted and not yet closed.
     connections: AtomicUsize,
+    /// One entry per completed TLS handshake, in order.
+    tls_sessions: Mutex<Vec<TlsSession>>,
+    /// TLS handshakes that failed (the client refused the certificate, say).
+    failed_handshakes: watch::Sender<u64>,
+}
+
+/// What an HTTPS origin learnt from one client's TLS handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSession {
+    /// The server name the client sent (SNI), if any.
+    pub sni: Option<String>,
+    /// The protocol ALPN settled on (`h2`, `http/1.1`), if any.
+    pub protocol: Option<String>,
+}
+
+/// Which protocols an HTTPS [`MockOrigin`] offers in ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `h2` and `http/1.1`, preferring `h2`.
+    H2AndHttp11,
+    /// `http/1.1` alone.
+    Http11Only,
 }
 
 /// A running in-process origin. Stops accepting when dropped.
@@ -214,6 +247,40 @@ impl MockOrigin {
     /// # Errors
     /// The listener could not be bound.
     pub async fn start() -> std::io::Result<MockOrigin> {
+        MockOrigin::bind(None).await
+    }
+
+    /// Starts an HTTPS origin on `127.0.0.1:0` presenting the PEM
+    /// certificate chain `cert_pem` with the PEM private key `key_pem`, and
+    /// offering `alpn`. It answers 404 until scripted, as [`start`](Self::start)'s.
+    ///
+    /// # Errors
+    /// The listener could not be bound, or the certificate or key did not
+    /// parse or match.
+    pub async fn start_https(
+        cert_pem: &str,
+        key_pem: &str,
+        alpn: Alpn,
+    ) -> std::io::Result<MockOrigin> {
+        let invalid = |error: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, error);
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| invalid(e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+            .map_err(|e| invalid(e.to_string()))?;
+        config.alpn_protocols = match alpn {
+            Alpn::H2AndHttp11 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Alpn::Http11Only => vec![b"http/1.1".to_vec()],
+        };
+        MockOrigin::bind(Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn bind(tls: Option<TlsAcceptor>) -> std::io::Result<MockOrigin> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
@@ -225,8 +292,10 @@ impl MockOrigin {
             admitted: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
+            tls_sessions: Mutex::new(Vec::new()),
+            failed_handshakes: watch::channel(0).0,
         });
-        let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
+        let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&state), tls));
         Ok(MockOrigin {
             addr,
             state,
@@ -234,9 +303,36 @@ impl MockOrigin {
         })
     }
 
-    /// The origin's base URL, `http://127.0.0.1:PORT`.
+    /// The origin's base URL, `http://127.0.0.1:PORT` (for an HTTPS origin,
+    /// see [`https_url`](Self::https_url)).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// An HTTPS origin's base URL with `host` as its host name (one that
+    /// resolves to loopback, such as `localhost`): `https://HOST:PORT`.
+    pub fn https_url(&self, host: &str) -> String {
+        format!("https://{host}:{}", self.addr.port())
+    }
+
+    /// Every completed TLS handshake so far, in order: what each client sent
+    /// as SNI and the protocol ALPN chose.
+    pub fn tls_sessions(&self) -> Vec<TlsSession> {
+        self.state
+            .tls_sessions
+            .lock()
+            .map_or_else(|_| Vec::new(), |sessions| sessions.clone())
+    }
+
+    /// TLS handshakes that failed so far (no request can have come over them).
+    pub fn failed_handshakes(&self) -> u64 {
+        *self.state.failed_handshakes.borrow()
+    }
+
+    /// Waits until at least `count` TLS handshakes have failed in all.
+    pub async fn wait_for_failed_handshakes(&self, count: u64) {
+        let mut failed = self.state.failed_handshakes.subscribe();
+        let _ = failed.wait_for(|failed| *failed >= count).await;
     }
 
     /// The origin's address.
@@ -310,8 +406,8 @@ impl MockOrigin {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<TlsAcceptor>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -319,18 +415,45 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         let _ = stream.set_nodelay(true);
         let open = OpenConnection::enter(Arc::clone(&state));
         let state = Arc::clone(&state);
-        let service = service_fn(move |request| {
-            let state = Arc::clone(&state);
-            async move { answer(&state, request).await }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let builder = Arc::clone(&builder);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _ = connection.await;
+            match tls {
+                None => serve(&builder, stream, state).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => {
+                        let (_, session) = stream.get_ref();
+                        let seen = TlsSession {
+                            sni: session.server_name().map(str::to_owned),
+                            protocol: session
+                                .alpn_protocol()
+                                .map(|p| String::from_utf8_lossy(p).into_owned()),
+                        };
+                        if let Ok(mut sessions) = state.tls_sessions.lock() {
+                            sessions.push(seen);
+                        }
+                        serve(&builder, stream, state).await;
+                    }
+                    Err(_refused) => state.failed_handshakes.send_modify(|n| *n += 1),
+                },
+            }
             drop(open);
         });
     }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one connection until it ends.
+async fn serve<S>(builder: &auto::Builder<TokioExecutor>, stream: S, state: Arc<State>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { answer(&state, request).await }
+    });
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Counts an accepted connection as open until dropped.
@@ -437,6 +560,7 @@ async fn answer(
                 method: parts.method,
                 path,
                 headers: parts.headers,
+                version: parts.version,
                 nth,
             };
             (scripted.script)(&seen)

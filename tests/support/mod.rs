@@ -6,16 +6,18 @@
 pub mod raw_client;
 pub mod raw_origin;
 pub mod redis;
+pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use corral::Corral;
 use corral::config::Config;
 use corral::proxy::Proxy;
 use corral::testing::mock_origin::MockOrigin;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Barrier, oneshot};
 use tokio::task::JoinHandle;
 
 /// A corral instance serving on `127.0.0.1:0`.
@@ -36,6 +38,12 @@ impl TestProxy {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `https://127.0.0.1:PORT{path}` on the proxy listener, for a corral
+    /// that terminates TLS (its certificate must name `127.0.0.1`).
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://{}{}", self.addr, path)
+    }
+
     /// `http://ADMIN{path}` on the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
@@ -51,6 +59,17 @@ impl TestProxy {
             .text()
             .await
             .expect("metrics body")
+    }
+
+    /// `POST /reload` on the admin listener: the status and the JSON answer.
+    pub async fn reload(&self) -> (reqwest::StatusCode, String) {
+        let response = client()
+            .post(self.admin_url("/reload"))
+            .send()
+            .await
+            .expect("admin answers");
+        let status = response.status();
+        (status, response.text().await.expect("reload answer"))
     }
 
     /// Signals shutdown and waits until both listeners have drained.
@@ -181,6 +200,9 @@ fn push_lines(text: &mut String, lines: &str) {
 /// A client that never uses a proxy from the environment and keeps up to
 /// 1,024 idle connections, so bursts open one connection per request.
 pub fn client() -> reqwest::Client {
+    // reqwest takes its TLS crypto from the process default, and panics
+    // without one; corral installs it when it starts, which may be later.
+    corral::tls::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(1024)
@@ -191,6 +213,7 @@ pub fn client() -> reqwest::Client {
 /// A client speaking HTTP/2 with prior knowledge (h2c), as corral's listener
 /// accepts it.
 pub fn h2_client() -> reqwest::Client {
+    corral::tls::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
@@ -386,4 +409,58 @@ pub async fn join_all(handles: Vec<tokio::task::JoinHandle<Seen>>) -> Vec<Seen> 
         all.push(handle.await.expect("client task panicked"));
     }
     all
+}
+
+/// Spawns `count` GETs of `url` that all wait on one barrier, and releases
+/// them together; the caller awaits the handles (see [`join_all`]).
+pub async fn burst(client: &reqwest::Client, url: &str, count: usize) -> Vec<JoinHandle<Seen>> {
+    let barrier = Arc::new(Barrier::new(count + 1));
+    let handles = (0..count)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            let client = client.clone();
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                get(&client, &url).await
+            })
+        })
+        .collect();
+    barrier.wait().await;
+    handles
+}
+
+/// A directory of its own under the system temp dir, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh, empty directory whose name starts with `corral-{name}`.
+    pub fn new(name: &str) -> TempDir {
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("corral-{name}-{}-{unique}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    /// Writes `text` to `file` in the directory (replacing it) and returns its path.
+    pub fn write(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.path(file);
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+
+    /// The path of `file` in the directory.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
