@@ -159,6 +159,20 @@ fn restart_only_changes(current: &Config, next: &Config) -> Vec<String> {
     {
         ignored.push("cache sizes changed (restart to apply)".to_owned());
     }
+    let fleet = |config: &Config| {
+        let fleet = &config.fleet;
+        (
+            fleet.redis.as_ref().map(|url| url.get_ref().clone()),
+            fleet.key_prefix.clone(),
+            fleet.lookup_timeout,
+            fleet.lock_lease,
+            fleet.max_value_size,
+        )
+    };
+    if fleet(current) != fleet(next) {
+        // The fleet's connections, lock lease and names are set up once.
+        ignored.push("[fleet] changed (restart to apply)".to_owned());
+    }
     ignored
 }
 
@@ -186,6 +200,15 @@ mod tests {
             ignored[0].starts_with("server.max_request_body changed"),
             "{ignored:?}"
         );
+    }
+
+    #[test]
+    fn a_changed_fleet_is_reported_as_needing_a_restart() {
+        let before = parse("");
+        let mut after = parse("");
+        after.fleet.lookup_timeout = std::time::Duration::from_millis(80);
+        let ignored = restart_only_changes(&before, &after);
+        assert_eq!(ignored, ["[fleet] changed (restart to apply)"]);
     }
 
     #[test]
