@@ -443,7 +443,12 @@ impl Fill {
         if declared_too_large {
             self.stop_storing(&writer, &mut leader, status);
         }
+        let declared = response.content_length();
         let mut received = 0usize;
+        // The chunk that completes a declared length: pushed only once the
+        // entry is in the cache, since with it a client has the whole body
+        // and may ask again at once.
+        let mut last = None;
         loop {
             if !writer.ready().await {
                 // Too large to store, and nobody reads it any more.
@@ -452,6 +457,10 @@ impl Fill {
             match self.origin.read_chunk(&mut response).await {
                 Ok(Some(chunk)) => {
                     received += chunk.len();
+                    if leader.is_some() && declared == Some(received as u64) {
+                        last = Some(chunk);
+                        break;
+                    }
                     writer.push(chunk);
                     if received > state.max_object_size && leader.is_some() {
                         self.stop_storing(&writer, &mut leader, status);
@@ -471,8 +480,8 @@ impl Fill {
             writer.finish();
             return false;
         };
-        let chunks = writer.chunks();
-        writer.finish();
+        let mut chunks = writer.chunks();
+        chunks.extend(last.clone());
         let mut headers = std::mem::take(response.headers_mut());
         drop(response);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(received));
@@ -491,6 +500,13 @@ impl Fill {
             self.forget_stale(status);
             false
         };
+        // Readers see the end only once the entry is stored (here and in the
+        // shared tier): a client that read the whole body and asks again, of
+        // this instance or another, finds it.
+        if let Some(last) = last {
+            writer.push(last);
+        }
+        writer.finish();
         whole.send_replace(Some(entry));
         // Only now, the entry stored: a newcomer finds the slot or the entry.
         leader.finish();
