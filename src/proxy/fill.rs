@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::context::{RequestContext, path_and_query, route_timeouts};
 use super::pass::{prepare_origin_head, relay, unstored};
 use super::render::{Answer, CacheOutcome};
-use super::{GaugeGuard, ProxyState, observe_origin_duration};
+use super::{GaugeGuard, ProxyState, record_origin_exchange};
 use crate::cache::fleet::FleetClaim;
 use crate::cache::policy::{self, RequestFacts, Reuse, Shareability, Verdict};
 use crate::cache::{CacheKey, CachedResponse, Timing, Variant};
@@ -357,23 +357,10 @@ impl Fill {
                 self.origin.timeouts(Some(&route_timeouts(&self.route))),
             )
             .await;
-        observe_origin_duration(&state.metrics, request_time, &fetched);
-        let mut response = match fetched {
-            Ok(response) => response,
-            Err(error) => {
-                if !error.is_refusal() {
-                    state
-                        .metrics
-                        .origin_request(&self.route_metrics, error.label());
-                }
-                return Err(error);
-            }
-        };
+        record_origin_exchange(&state.metrics, &self.route_metrics, request_time, &fetched);
+        let mut response = fetched?;
         let received_at = SystemTime::now();
         let timing = Timing::new(request_time, Instant::now(), received_at);
-        state
-            .metrics
-            .origin_request(&self.route_metrics, response.status().as_str());
         prepare_origin_head(response.headers_mut(), received_at);
         Ok((response, timing))
     }

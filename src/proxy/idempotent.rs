@@ -32,13 +32,14 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::admission::declared_length;
 use super::body::{BoxError, ProxyBody};
 use super::context::{RequestContext, path_and_query, route_timeouts};
 use super::error::ProxyError;
 use super::forward;
 use super::pass::{prepare_origin_head, relay};
 use super::render::{Answer, CacheOutcome, CacheStatus};
-use super::{Proxy, ProxyState, observe_origin_duration};
+use super::{Proxy, ProxyState, record_origin_exchange};
 use crate::cache::policy::PassReason;
 use crate::config::{IdempotencyPolicy, Route};
 use crate::http::directives::CORRAL_CACHE_CONTROL;
@@ -337,25 +338,12 @@ impl Exchange {
                 self.timeouts,
             )
             .await;
-        observe_origin_duration(&state.metrics, started, &sent);
+        record_origin_exchange(&state.metrics, &self.route_metrics, started, &sent);
         let mut response = match sent {
             Ok(response) => response,
-            Err(error) => {
-                if !error.is_refusal() {
-                    state
-                        .metrics
-                        .origin_request(&self.route_metrics, error.label());
-                }
-                return if never_sent(&error) {
-                    Exchanged::NotSent(error)
-                } else {
-                    Exchanged::Unknown(error)
-                };
-            }
+            Err(error) if never_sent(&error) => return Exchanged::NotSent(error),
+            Err(error) => return Exchanged::Unknown(error),
         };
-        state
-            .metrics
-            .origin_request(&self.route_metrics, response.status().as_str());
         prepare_origin_head(response.headers_mut(), SystemTime::now());
         let mut body = BytesMut::new();
         loop {
@@ -377,18 +365,6 @@ impl Exchange {
             }
         }
     }
-}
-
-/// The body length the client announced, if it announced a valid one.
-fn declared_length(parts: &Parts) -> Option<u64> {
-    parts
-        .headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Whether the origin provably never saw the request: corral refused it to

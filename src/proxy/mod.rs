@@ -52,7 +52,7 @@ use crate::cache::{CacheKey, HotCache, PassMarks, Purge, Tier};
 use crate::coalesce::FlightMap;
 use crate::config::{Config, ConfigError, PlacedProblem, Route, RouteTable};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::origin::OriginError;
+use crate::origin::{OriginError, OriginResponse};
 use crate::replay::Replay;
 use upstream::{Upstream, Upstreams};
 
@@ -421,17 +421,24 @@ impl Proxy {
     }
 }
 
-/// Records how long an origin exchange started at `started` took, unless the
-/// origin was never contacted (a refusal answers at once and would skew it).
-fn observe_origin_duration<T>(
+/// Records an origin exchange started at `started`: its duration, and its
+/// answer's status (or failure label) under `route`; neither when the origin
+/// was never contacted (a refusal answers at once and would skew both).
+fn record_origin_exchange(
     metrics: &Metrics,
+    route: &RouteMetrics,
     started: Instant,
-    result: &Result<T, OriginError>,
+    result: &Result<OriginResponse, OriginError>,
 ) {
-    if !result.as_ref().is_err_and(OriginError::is_refusal) {
-        metrics
-            .origin_duration
-            .observe(started.elapsed().as_secs_f64());
+    if result.as_ref().is_err_and(OriginError::is_refusal) {
+        return;
+    }
+    metrics
+        .origin_duration
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(response) => metrics.origin_request(route, response.status().as_str()),
+        Err(error) => metrics.origin_request(route, error.label()),
     }
 }
 

@@ -20,7 +20,7 @@ use super::context::{RequestContext, path_and_query, request_host, route_timeout
 use super::error::ProxyError;
 use super::forward;
 use super::render::{Answer, CacheOutcome, CacheStatus};
-use super::{Proxy, observe_origin_duration};
+use super::{Proxy, record_origin_exchange};
 use crate::cache::CacheKey;
 use crate::cache::policy::PassReason;
 use crate::http::directives::CORRAL_CACHE_CONTROL;
@@ -72,13 +72,10 @@ impl Proxy {
                 cx.origin.timeouts(route.map(route_timeouts).as_ref()),
             )
             .await;
-        observe_origin_duration(&state.metrics, started, &sent);
+        record_origin_exchange(&state.metrics, cx.route_metrics, started, &sent);
         match sent {
             Ok(mut response) => {
                 let status = response.status();
-                state
-                    .metrics
-                    .origin_request(cx.route_metrics, status.as_str());
                 prepare_origin_head(response.headers_mut(), SystemTime::now());
                 let cache_status = CacheStatus {
                     fwd_status: Some(status),
@@ -86,14 +83,7 @@ impl Proxy {
                 };
                 relay(response, Vec::new(), cache_status)
             }
-            Err(error) => {
-                if !error.is_refusal() {
-                    state
-                        .metrics
-                        .origin_request(cx.route_metrics, error.label());
-                }
-                ProxyError::Origin(Arc::new(error)).into_answer(outcome, cx.path())
-            }
+            Err(error) => ProxyError::Origin(Arc::new(error)).into_answer(outcome, cx.path()),
         }
     }
 

@@ -422,7 +422,7 @@ fn head_size(parts: &Parts) -> u64 {
 }
 
 /// The body length the client announced, if it announced a valid one.
-fn declared_length(parts: &Parts) -> Option<u64> {
+pub(super) fn declared_length(parts: &Parts) -> Option<u64> {
     parts
         .headers
         .get(header::CONTENT_LENGTH)?
