@@ -75,10 +75,13 @@ async fn metrics_count_a_scripted_workload_exactly() {
     let corral = Setup::origin(&origin).toml(ROUTES).start().await;
     let client = support::client();
 
-    // One miss, then one hit.
+    // One miss, then one hit. The body is read whole before asking again:
+    // a fill's head (and body) reach clients as they arrive, and the entry
+    // is stored by the time the body ends.
     for _ in 0..2 {
         let response = client.get(corral.url("/products/a")).send().await.unwrap();
         assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
     }
     // A coalesced burst: one leader, nine followers.
     let burst: Vec<_> = (0..10)
