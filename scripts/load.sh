@@ -3,17 +3,34 @@
 #
 #   scripts/load.sh            # everything
 #   PHASES=hits scripts/load.sh
-#   PHASES="objects followers" scripts/load.sh
+#   PHASES="hits coldstart" RUNS=1 DURATION=3s scripts/load.sh
 #
-# Knobs (environment): PHASES (hits objects followers), RUNS (wrk runs per
-# target, alternating, default 3), DURATION (wrk -d, default 10s),
-# CONNECTIONS (wrk -c, default 64), OBJECTS (default 100000), FOLLOWERS
-# (default 10000), BASE_PORT (default 27100; uses BASE_PORT..BASE_PORT+9).
+# Knobs (environment): PHASES (hits coldstart objects followers), RUNS (wrk
+# runs per target, alternating, default 3), DURATION (wrk -d, default 10s),
+# CONNECTIONS (wrk -c, default 64), COLD_RUNS (cold starts, default 20),
+# OBJECTS (default 100000), FOLLOWERS (default 10000), BASE_PORT (default
+# 27100; uses BASE_PORT..BASE_PORT+9), CORRAL_BEFORE (path to another corral
+# binary, e.g. a build of an older commit: phase hits then measures it too,
+# as shipped, as target corral-before).
 #
-# Hits: static_server and corral both pinned to core 0 (`taskset -c 0`, so each
-# tokio runtime has one worker), wrk pinned to core 1. The same static_server
-# is the baseline target and corral's origin; while wrk drives one, the other
-# is idle. Bodies are 1 KiB both ways.
+# Needs cargo, curl, ss, taskset and wrk. Phase hits also needs nginx: when
+# it is missing the script installs Debian's nginx-light (apt-get, as root or
+# through sudo) and stops the service the package may start.
+#
+# Hits: every server pinned to core 0 (`taskset -c 0`, so each tokio runtime
+# has one worker, and nginx has its one worker there), wrk pinned to core 1,
+# one wrk run per target per round, RUNS rounds:
+#   baseline        static_server, a bare hyper server (also the proxies' origin)
+#   nginx-static    nginx, `return 200` of the same body: the ceiling
+#   nginx-cache     nginx proxy_cache in front of static_server, one key warm,
+#                   access log on (combined format, to a file), like corral
+#   corral-default  corral as shipped: RUST_LOG=info, access log to a file
+#   corral-quiet    corral with RUST_LOG=warn: no access log line
+# While wrk drives one, the others are idle. Bodies are 1 KiB both ways.
+#
+# Cold start: examples/cold_start spawns corral COLD_RUNS times, timing each
+# from just before the spawn to its first complete 200 (a miss, fetched from
+# an origin), and prints min / median / p90 / max.
 #
 # Memory: VmRSS of a fresh corral, idle, then after caching OBJECTS distinct
 # 1 KiB objects; and of another fresh corral idle, then with FOLLOWERS clients
@@ -23,10 +40,11 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-bench}"
-PHASES="${PHASES:-hits objects followers}"
+PHASES="${PHASES:-hits coldstart objects followers}"
 RUNS="${RUNS:-3}"
 DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-64}"
+COLD_RUNS="${COLD_RUNS:-20}"
 OBJECTS="${OBJECTS:-100000}"
 FOLLOWERS="${FOLLOWERS:-10000}"
 BASE_PORT="${BASE_PORT:-27100}"
@@ -39,6 +57,11 @@ ADMIN_PORT=$((BASE_PORT + 2))
 QUIET_PORT=$((BASE_PORT + 3))
 QUIET_ADMIN_PORT=$((BASE_PORT + 4))
 CONTROL_PORT=$((BASE_PORT + 5))
+NGINX_STATIC_PORT=$((BASE_PORT + 6))
+NGINX_CACHE_PORT=$((BASE_PORT + 7))
+BEFORE_PORT=$((BASE_PORT + 8))
+BEFORE_ADMIN_PORT=$((BASE_PORT + 9))
+CORRAL_BEFORE="${CORRAL_BEFORE:-}"
 BIN="$CARGO_TARGET_DIR/release"
 WORK="$(mktemp -d -t corral-load.XXXXXX)"
 PIDS=()
@@ -90,8 +113,17 @@ wait_http() {
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 threads() { awk '/^Threads:/ { print $2 }' "/proc/$1/status"; }
-# utime + stime of a process, in clock ticks (fields 14 and 15 after the comm).
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+# utime + stime of a process and of its children, in clock ticks (fields 14
+# and 15 after the comm). The children count because nginx's master only
+# supervises: its worker serves. A child gone by the time it is read counts 0.
+cpu_ticks() {
+    local pid ticks total=0
+    for pid in "$1" $(ps -o pid= --ppid "$1"); do
+        ticks=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || ticks=0
+        total=$((total + ${ticks:-0}))
+    done
+    echo "$total"
+}
 CLK_TCK=$(getconf CLK_TCK)
 metric() {
     curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v name="$1" '$1 == name { print $2 }'
@@ -99,6 +131,86 @@ metric() {
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 port_free() { ! ss -ltnH "sport = :$1" | grep -q .; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+
+# nginx on PATH or in /usr/sbin (not on a non-root PATH). Sets NGINX.
+find_nginx() {
+    NGINX=$(command -v nginx 2>/dev/null || true)
+    if [[ -z $NGINX && -x /usr/sbin/nginx ]]; then
+        NGINX=/usr/sbin/nginx
+    fi
+    [[ -n $NGINX ]]
+}
+
+install_nginx() {
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "nginx is missing, and installing it needs root or sudo"
+        sudo=(sudo)
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "nginx is missing, and there is no apt-get to install it with"
+    log "nginx not found: installing Debian's nginx-light"
+    "${sudo[@]}" apt-get update -qq >&2
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >&2
+    # nginx was missing, so a service running now is the one the package just
+    # started: it would hold port 80, and this script runs its own nginx.
+    if command -v service >/dev/null 2>&1; then
+        "${sudo[@]}" service nginx stop >&2 || true
+    fi
+    find_nginx || die "nginx is still missing after installing nginx-light"
+}
+
+# nginx_conf NAME < HTTP_LINES: writes $WORK/NAME/nginx.conf, a whole nginx
+# config that keeps every file it touches (pid, logs, temp, cache) in
+# $WORK/NAME, with the http-level lines (server blocks...) read from stdin.
+nginx_conf() {
+    local dir="$WORK/$1"
+    mkdir -p "$dir/tmp"
+    {
+        # Workers run as nobody otherwise, and could not write the cache or
+        # temp files under $WORK (mode 700) when the master runs as root.
+        if [[ $(id -u) -eq 0 ]]; then
+            echo "user root;"
+        fi
+        cat <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $dir/nginx.pid;
+lock_file $dir/nginx.lock;
+error_log $dir/error.log warn;
+events {
+    worker_connections 1024;
+}
+http {
+    access_log $dir/access.log;
+    default_type application/octet-stream;
+    # nginx closes a client connection after 1,000 requests by default; hyper
+    # (static_server, corral) never does, so wrk's reconnects would be
+    # measured against nginx alone.
+    keepalive_requests 1000000;
+    client_body_temp_path $dir/tmp/client_body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+EOF
+        cat
+        echo "}"
+    } >"$dir/nginx.conf"
+}
+
+# start_nginx NAME PORT: checks and starts the nginx configured in
+# $WORK/NAME on core 0 and waits for its /ready. Sets NGINX_PID to the
+# master's PID (taskset execs; the workers exit with the master).
+start_nginx() {
+    local name=$1 port=$2 dir="$WORK/$1"
+    "$NGINX" -t -q -p "$dir/" -c "$dir/nginx.conf" -e stderr 2>"$dir/check.err" ||
+        die "$name: nginx -t rejected $dir/nginx.conf: $(cat "$dir/check.err")"
+    start "$name" taskset -c 0 "$NGINX" -p "$dir/" -c "$dir/nginx.conf" -e stderr
+    NGINX_PID=$STARTED
+    wait_http "http://127.0.0.1:$port/ready"
+}
 
 start_corral() {  # start_corral CONFIG [env...]: sets CORRAL_PID
     local config=$1
@@ -133,9 +245,14 @@ EOF
 }
 
 # ---------------------------------------------------------------- preflight
-for port in "$STATIC_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$QUIET_PORT" "$QUIET_ADMIN_PORT" "$CONTROL_PORT"; do
+for port in "$STATIC_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$QUIET_PORT" "$QUIET_ADMIN_PORT" "$CONTROL_PORT" \
+    "$NGINX_STATIC_PORT" "$NGINX_CACHE_PORT" "$BEFORE_PORT" "$BEFORE_ADMIN_PORT"; do
     port_free "$port" || die "port $port is in use (set BASE_PORT)"
 done
+if [[ " $PHASES " == *" hits "* ]]; then
+    command -v wrk >/dev/null 2>&1 || die "phase hits needs wrk (Debian: apt-get install wrk)"
+    find_nginx || install_nginx
+fi
 need_fds=$((FOLLOWERS + 1000))
 hard=$(ulimit -Hn)
 if [[ $hard != unlimited && $hard -lt $need_fds ]]; then
@@ -144,7 +261,7 @@ fi
 ulimit -n "$need_fds"
 
 log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-cargo build --release --quiet --bin corral --example static_server --example herd
+cargo build --release --quiet --bin corral --example static_server --example herd --example cold_start
 
 echo "# corral load figures"
 if commit=$(git rev-parse --short HEAD 2>/dev/null); then
@@ -169,27 +286,92 @@ if [[ " $PHASES " == *" hits "* ]]; then
     start static taskset -c 0 "$BIN/examples/static_server" "$STATIC_PORT" "$SLOW_SECS"
     STATIC_PID=$STARTED
     wait_http "http://127.0.0.1:$STATIC_PORT/"
-    # Two corrals in front of it, both on core 0, idle unless wrk drives them:
+    TARGETS=(baseline nginx-static nginx-cache corral-default corral-quiet)
+    declare -A URL=([baseline]="http://127.0.0.1:$STATIC_PORT/obj/hot")
+    declare -A SERVER_PID=([baseline]=$STATIC_PID)
+    echo "baseline: static_server, $(threads "$STATIC_PID") threads"
+
+    # nginx, one worker each, both on core 0. The static one is the ceiling:
+    # no upstream, no cache lookup, the same 1 KiB body from memory.
+    body=$(printf '%*s' 1024 '' | tr ' ' x)
+    nginx_conf nginx-static <<EOF
+    server {
+        listen 127.0.0.1:$NGINX_STATIC_PORT;
+        location = /ready { return 204; }
+        location / { return 200 "$body"; }
+    }
+EOF
+    start_nginx nginx-static "$NGINX_STATIC_PORT"
+    SERVER_PID[nginx-static]=$NGINX_PID
+    URL[nginx-static]="http://127.0.0.1:$NGINX_STATIC_PORT/obj/hot"
+    # The caching one holds the one key in a small zone, keeps its upstream
+    # connections alive, and names the cache's verdict in X-Cache-Status.
+    nginx_conf nginx-cache <<EOF
+    proxy_cache_path $WORK/nginx-cache/cache keys_zone=one:1m max_size=16m inactive=1h use_temp_path=off;
+    upstream origin {
+        server 127.0.0.1:$STATIC_PORT;
+        keepalive 16;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_CACHE_PORT;
+        location = /ready { return 204; }
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache one;
+            proxy_cache_valid 200 1h;
+            add_header X-Cache-Status \$upstream_cache_status;
+        }
+    }
+EOF
+    start_nginx nginx-cache "$NGINX_CACHE_PORT"
+    SERVER_PID[nginx-cache]=$NGINX_PID
+    URL[nginx-cache]="http://127.0.0.1:$NGINX_CACHE_PORT/obj/hot"
+    # Warm the key; the second answer must be a hit.
+    cache_status() {
+        curl -sf -o /dev/null -D - "$1" | tr -d '\r' | awk -F': ' -v name="$2" 'tolower($1) == name { print $2 }'
+    }
+    first=$(cache_status "${URL[nginx-cache]}" x-cache-status)
+    second=$(cache_status "${URL[nginx-cache]}" x-cache-status)
+    [[ $second == HIT ]] || die "key not warm on nginx-cache (X-Cache-Status: $first, then $second)"
+    for label in nginx-static nginx-cache; do
+        echo "$label: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), worker_processes 1; under master ${SERVER_PID[$label]}: $(ps -o args= --ppid "${SERVER_PID[$label]}" | paste -sd',' | sed 's/,/, /g')"
+    done
+    echo "nginx-cache warm-up: X-Cache-Status $first, then $second"
+
+    # Two corrals in front of static_server, both on core 0:
     #   default: as shipped (access log at info, written to a file);
     #   quiet:   RUST_LOG=warn, so no per-request log line is written.
-    declare -A PROXY=([default]=$PROXY_PORT [quiet]=$QUIET_PORT)
-    declare -A ADMIN=([default]=$ADMIN_PORT [quiet]=$QUIET_ADMIN_PORT)
-    declare -A LEVEL=([default]=info [quiet]=warn)
-    declare -A HIT_PIDS=()
-    for variant in default quiet; do
-        start "corral-$variant" env RUST_LOG="${LEVEL[$variant]}" taskset -c 0 "$BIN/corral" \
+    #   before:  CORRAL_BEFORE (another build), as shipped, when given.
+    declare -A PROXY=([default]=$PROXY_PORT [quiet]=$QUIET_PORT [before]=$BEFORE_PORT)
+    declare -A ADMIN=([default]=$ADMIN_PORT [quiet]=$QUIET_ADMIN_PORT [before]=$BEFORE_ADMIN_PORT)
+    declare -A LEVEL=([default]=info [quiet]=warn [before]=info)
+    declare -A CORRAL_BIN=([default]="$BIN/corral" [quiet]="$BIN/corral" [before]="$CORRAL_BEFORE")
+    VARIANTS=(default quiet)
+    if [[ -n $CORRAL_BEFORE ]]; then
+        [[ -x $CORRAL_BEFORE ]] || die "CORRAL_BEFORE=$CORRAL_BEFORE is not an executable"
+        VARIANTS+=(before)
+        TARGETS+=(corral-before)
+    fi
+    for variant in "${VARIANTS[@]}"; do
+        start "corral-$variant" env RUST_LOG="${LEVEL[$variant]}" taskset -c 0 "${CORRAL_BIN[$variant]}" \
             --origin "http://127.0.0.1:$STATIC_PORT" --listen "127.0.0.1:${PROXY[$variant]}" \
             --admin-listen "127.0.0.1:${ADMIN[$variant]}" --ttl 3600s
-        HIT_PIDS[$variant]=$STARTED
+        SERVER_PID[corral-$variant]=$STARTED
+        URL[corral-$variant]="http://127.0.0.1:${PROXY[$variant]}/obj/hot"
         wait_http "http://127.0.0.1:${ADMIN[$variant]}/readyz"
         # Warm the key; the second answer must be a hit.
-        curl -sf -o /dev/null "http://127.0.0.1:${PROXY[$variant]}/obj/hot"
-        status=$(curl -sf -o /dev/null -D - "http://127.0.0.1:${PROXY[$variant]}/obj/hot" |
-            tr -d '\r' | awk -F': ' 'tolower($1) == "cache-status" { print $2 }')
+        curl -sf -o /dev/null "${URL[corral-$variant]}"
+        status=$(cache_status "${URL[corral-$variant]}" cache-status)
         [[ $status == *"; hit"* ]] || die "key not warm on corral-$variant (cache-status: $status)"
-        echo "corral-$variant: RUST_LOG=${LEVEL[$variant]}, $(threads "${HIT_PIDS[$variant]}") threads"
+        echo "corral-$variant: RUST_LOG=${LEVEL[$variant]}, $(threads "${SERVER_PID[corral-$variant]}") threads"
     done
-    echo "static_server: $(threads "$STATIC_PID") threads"
+    for label in "${TARGETS[@]}"; do
+        size=$(curl -sf -o /dev/null -w '%{size_download}' "${URL[$label]}")
+        [[ $size == 1024 ]] || die "$label answered a $size-byte body, not 1024"
+    done
+
     wrk_run() {  # wrk_run LABEL URL SERVER_PID: raw summary lines, req/s, server CPU per request
         local label=$1 url=$2 pid=$3 out="$WORK/wrk.txt" before after requests busy
         before=$(cpu_ticks "$pid")
@@ -206,47 +388,71 @@ if [[ " $PHASES " == *" hits "* ]]; then
         echo "$busy" >>"$WORK/$label.busy"
     }
     for run in $(seq 1 "$RUNS"); do
-        wrk_run baseline "http://127.0.0.1:$STATIC_PORT/obj/hot" "$STATIC_PID"
-        wrk_run corral-default "http://127.0.0.1:$PROXY_PORT/obj/hot" "${HIT_PIDS[default]}"
-        wrk_run corral-quiet "http://127.0.0.1:$QUIET_PORT/obj/hot" "${HIT_PIDS[quiet]}"
+        for label in "${TARGETS[@]}"; do
+            wrk_run "$label" "${URL[$label]}" "${SERVER_PID[$label]}"
+        done
     done
-    for variant in default quiet; do
+    for variant in "${VARIANTS[@]}"; do
         fills=$(ADMIN_PORT=${ADMIN[$variant]} metric 'corral_origin_requests_total{route="default",status="200"}' || true)
         echo "corral-$variant origin requests in all: ${fills:-?} (1 = the warm-up miss only)"
-        stop "${HIT_PIDS[$variant]}"
+        stop "${SERVER_PID[corral-$variant]}"
     done
-    base=$(median <"$WORK/baseline.rps")
-    base_cpu=$(median <"$WORK/baseline.cpu")
+    echo "corral-default stderr (its access log): $(wc -l <"$WORK/corral-default.err") lines"
+    for label in nginx-static nginx-cache; do
+        stop "${SERVER_PID[$label]}"
+        echo "$label access log: $(wc -l <"$WORK/$label/access.log") lines"
+    done
+
     echo
-    echo "baseline req/s per run: $(paste -sd' ' "$WORK/baseline.rps"); median $base"
-    echo "baseline server CPU us/request per run: $(paste -sd' ' "$WORK/baseline.cpu"); median $base_cpu"
     echo "server busy % per run (well under 100 = the server was starved by other work on core 0, req/s of that run is not comparable):"
-    for label in baseline corral-default corral-quiet; do
+    for label in "${TARGETS[@]}"; do
         echo "    $label: $(paste -sd' ' "$WORK/$label.busy")"
     done
-    for variant in default quiet; do
-        med=$(median <"$WORK/corral-$variant.rps")
-        med_cpu=$(median <"$WORK/corral-$variant.cpu")
-        echo "corral-$variant req/s per run: $(paste -sd' ' "$WORK/corral-$variant.rps"); median $med; ratio corral/baseline = $(awk -v a="$med" -v b="$base" 'BEGIN { printf "%.3f", a / b }')"
-        echo "corral-$variant server CPU us/request per run: $(paste -sd' ' "$WORK/corral-$variant.cpu"); median $med_cpu; ratio baseline/corral = $(awk -v a="$med_cpu" -v b="$base_cpu" 'BEGIN { printf "%.3f", b / a }')"
+    for label in "${TARGETS[@]}"; do
+        echo "$label req/s per run: $(paste -sd' ' "$WORK/$label.rps")"
+        echo "$label server CPU us/request per run: $(paste -sd' ' "$WORK/$label.cpu")"
     done
-    # The same figures over the runs in which every server had core 0 to itself
-    # (busy >= 90% in baseline, default and quiet alike).
-    clean=$(paste "$WORK/baseline.busy" "$WORK/corral-default.busy" "$WORK/corral-quiet.busy" |
-        awk '$1 >= 90 && $2 >= 90 && $3 >= 90 { printf "%s ", NR }')
+    # keep_runs "1 3 " FILE: the lines of FILE for those runs ("": all).
+    keep_runs() { awk -v keep=" $1" 'keep == " " || index(keep, " " FNR " ")' "$2"; }
+    hits_table() {  # hits_table TITLE KEEP: medians over the runs in KEEP ("": all)
+        local title=$1 keep=$2 label
+        local -A rps=() cpu=()
+        for label in "${TARGETS[@]}"; do
+            rps[$label]=$(keep_runs "$keep" "$WORK/$label.rps" | median)
+            cpu[$label]=$(keep_runs "$keep" "$WORK/$label.cpu" | median)
+        done
+        echo
+        echo "summary, medians over $title:"
+        echo "| target | req/s | ratio to baseline | ratio to nginx-static | server CPU us/request |"
+        echo "|---|---|---|---|---|"
+        for label in "${TARGETS[@]}"; do
+            echo "| $label | ${rps[$label]} | $(ratio "${rps[$label]}" "${rps[baseline]}") | $(ratio "${rps[$label]}" "${rps[nginx-static]}") | ${cpu[$label]} |"
+        done
+        for label in "${VARIANTS[@]/#/corral-}"; do
+            echo "$label / nginx-cache: req/s ratio $(ratio "${rps[$label]}" "${rps[nginx-cache]}"), CPU us/request ratio $(ratio "${cpu[$label]}" "${cpu[nginx-cache]}")"
+        done
+    }
+    hits_table "all $RUNS runs" ""
+    # The same figures over the runs in which every server had core 0 to itself.
+    busy_files=()
+    for label in "${TARGETS[@]}"; do
+        busy_files+=("$WORK/$label.busy")
+    done
+    clean=$(paste "${busy_files[@]}" | awk '{ for (i = 1; i <= NF; i++) if ($i < 90) next; printf "%s ", NR }')
+    echo
     echo "runs in which every server was >= 90% busy: ${clean:-none}"
     if [[ -n $clean ]]; then
-        pick() { awk -v keep=" $clean" 'index(keep, " " FNR " ")' "$1"; }
-        base=$(pick "$WORK/baseline.rps" | median)
-        base_cpu=$(pick "$WORK/baseline.cpu" | median)
-        echo "  baseline: median $base req/s, $base_cpu us/request"
-        for variant in default quiet; do
-            med=$(pick "$WORK/corral-$variant.rps" | median)
-            med_cpu=$(pick "$WORK/corral-$variant.cpu" | median)
-            echo "  corral-$variant: median $med req/s (ratio $(awk -v a="$med" -v b="$base" 'BEGIN { printf "%.3f", a / b }')), $med_cpu us/request (ratio baseline/corral $(awk -v a="$med_cpu" -v b="$base_cpu" 'BEGIN { printf "%.3f", b / a }'))"
-        done
+        hits_table "the clean runs (${clean% })" "$clean"
     fi
     echo "load average after hits: $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
+
+# ---------------------------------------------------------------- cold start
+if [[ " $PHASES " == *" coldstart "* ]]; then
+    echo
+    echo "## cold start: process start to first answered request, $COLD_RUNS runs"
+    echo "\$ cold_start $BIN/corral $COLD_RUNS"
+    "$BIN/examples/cold_start" "$BIN/corral" "$COLD_RUNS" | sed 's/^/    /'
 fi
 
 # ---------------------------------------------------------------- memory: objects
