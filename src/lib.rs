@@ -11,6 +11,7 @@
 //!   swappable certificates, why an origin's certificate was refused.
 //! - [`proxy`]: the per-request service tying the above together.
 //! - [`metrics`]: every metric, in one injected registry.
+//! - [`logging`]: the batched log output, and the access log's pre-formatted lines.
 //! - [`admin`]: metrics, health, purge and reload on their own listener.
 //! - [`reload`]: re-reading the config file (SIGHUP, `POST /reload`).
 //! - [`replay`]: Idempotency-Key records: a retried write reaches the origin once.
@@ -29,6 +30,7 @@ pub mod cache;
 pub mod coalesce;
 pub mod config;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use corral::Corral;
 use corral::config::{self, Config};
+use corral::logging::{self, LogSink, LogWriterGuard};
 use corral::testing::{demo, fleet_demo};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -324,14 +325,23 @@ async fn shutdown_signal() {
     }
 }
 
-/// Installs the global subscriber. Lines go to stderr through a writer thread
-/// (tracing-appender), so a request never waits on a terminal or a log pipe;
-/// the returned guard flushes what is queued when dropped at exit.
-fn install_logging(
-    format: LogFormat,
-    default_level: &str,
-) -> tracing_appender::non_blocking::WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+/// Installs the global subscriber and, when its filter lets
+/// `corral::access` through at info, the access log. Both write to stderr
+/// through one batched writer thread ([`corral::logging`]), so a request never
+/// waits on a terminal or a log pipe and lines never interleave; the returned
+/// guard flushes what is pending when dropped at exit.
+fn install_logging(format: LogFormat, default_level: &str) -> Option<LogWriterGuard> {
+    let layout = match format {
+        LogFormat::Text => logging::LogFormat::Text,
+        LogFormat::Json => logging::LogFormat::Json,
+    };
+    let (sink, guard) = match LogSink::spawn(std::io::stderr(), layout) {
+        Ok(spawned) => spawned,
+        Err(error) => {
+            eprintln!("corral: cannot start the log writer thread: {error}");
+            return None;
+        }
+    };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // The verifier logs every refused origin certificate itself; corral logs
@@ -344,10 +354,14 @@ fn install_logging(
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
+        .with_writer(sink.clone());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    guard
+    // Decided once: the filter does not change while corral runs.
+    if tracing::enabled!(target: "corral::access", tracing::Level::INFO) {
+        logging::install_access_log(sink);
+    }
+    Some(guard)
 }

@@ -54,7 +54,7 @@ use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -65,6 +65,9 @@ use crate::metrics::{ClientLimit, ClientLimitCounters, Metrics};
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does
 /// not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Shortest pause between two looks of a connection's watchdog.
+const MIN_WATCH_PERIOD: Duration = Duration::from_millis(10);
 
 /// hyper refuses an HTTP/1 read buffer smaller than this.
 const MIN_HYPER_BUF_SIZE: usize = 8192;
@@ -432,11 +435,13 @@ enum Expired {
 /// What one connection is doing, as far as its timeouts care. Written by the
 /// stream wrapper (bytes read), the service (request started) and the response
 /// body wrapper (response done); read by the connection task's watchdog.
+///
+/// Writers never wake the watchdog: a request costs no wake-up and no timer
+/// re-arm. The watchdog instead never sleeps past the point where a deadline
+/// set after it looked could fall (see [`Activity::expired`]).
 #[derive(Debug)]
 struct Activity {
     state: Mutex<ActivityState>,
-    /// Woken on every change that can move the deadline.
-    changed: Notify,
 }
 
 #[derive(Debug)]
@@ -464,7 +469,6 @@ impl Activity {
                 quiet_since: Instant::now(),
                 head_started: None,
             }),
-            changed: Notify::new(),
         }
     }
 
@@ -479,8 +483,6 @@ impl Activity {
         let mut state = self.lock();
         if state.in_progress == 0 && !state.fresh && !state.http2 && state.head_started.is_none() {
             state.head_started = Some(Instant::now());
-            drop(state);
-            self.changed.notify_one();
         }
     }
 
@@ -491,8 +493,6 @@ impl Activity {
         state.fresh = false;
         state.http2 |= version == Version::HTTP_2;
         state.head_started = None;
-        // No wake-up: a running timeout only ever goes away here, and the
-        // watchdog finds that out when it next looks.
     }
 
     /// hyper is done with a response body (sent, or the request abandoned).
@@ -503,8 +503,6 @@ impl Activity {
             state.quiet_since = Instant::now();
             state.head_started = None;
         }
-        drop(state);
-        self.changed.notify_one();
     }
 
     /// When the connection's current timeout runs out, if one is running.
@@ -526,24 +524,31 @@ impl Activity {
         }
     }
 
-    /// Resolves when a timeout has run out. Cancel safe: it keeps no state of
-    /// its own, so dropping it and calling again loses nothing.
+    /// Resolves when a timeout has run out, never before its deadline and
+    /// never after it. Cancel safe: it keeps no state of its own.
+    ///
+    /// Every deadline a writer can set starts from the moment it is set
+    /// (`head_started`, `quiet_since`), so one set after the watchdog looked
+    /// lies at least the shorter of the two timeouts later. Sleeping no
+    /// longer than that before looking again therefore catches it on time,
+    /// without any wake-up from the writers; a busy connection costs one
+    /// look per that period.
     async fn expired(&self, limits: &ConnectionLimits) -> Expired {
+        // A zero timeout must not make this loop spin; it is then caught
+        // within MIN_WATCH_PERIOD instead.
+        let period = limits
+            .header_read_timeout
+            .min(limits.idle_timeout)
+            .max(MIN_WATCH_PERIOD);
         loop {
-            let changed = self.changed.notified();
-            let Some((at, _)) = self.deadline(limits) else {
-                changed.await;
-                continue;
+            let now = Instant::now();
+            let look_again = now + period;
+            let wake_at = match self.deadline(limits) {
+                Some((at, expired)) if at <= now => return expired,
+                Some((at, _)) => at.min(look_again),
+                None => look_again,
             };
-            tokio::select! {
-                () = changed => continue,
-                () = tokio::time::sleep_until(at) => {}
-            }
-            if let Some((at, expired)) = self.deadline(limits)
-                && at <= Instant::now()
-            {
-                return expired;
-            }
+            tokio::time::sleep_until(wake_at).await;
         }
     }
 }

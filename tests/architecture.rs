@@ -27,7 +27,7 @@ const LAYERS: &[&[&str]] = &[
     /* 2 */ &["server", "reload"],
     /* 3 */ &["proxy"],
     /* 4 */ &["replay", "cache", "origin"],
-    /* 5 */ &["coalesce", "http", "redis_link", "tls"],
+    /* 5 */ &["coalesce", "http", "logging", "redis_link", "tls"],
     /* 6 */ &["config", "metrics"],
 ];
 

@@ -20,8 +20,21 @@ use crate::http::directives::{CORRAL_CACHE_CONTROL, RequestDirectives, ResponseD
 /// that keeps the origin out, and clients' `max-stale` can still find it.
 pub const EVICTION_GRACE: Duration = Duration::from_secs(30);
 
-/// Fixed per-entry overhead charged to the weigher (struct, map node, Arc).
-pub(super) const ENTRY_OVERHEAD: usize = 256;
+/// The bytes malloc takes for an allocation of `size` bytes: glibc on 64-bit
+/// Linux adds an 8-byte header and rounds up to 16, 32 at least. What the
+/// cache charges is what the allocator really spends, so that the
+/// configured budget is the memory the operator gets.
+pub(crate) fn malloc_chunk(size: usize) -> usize {
+    if size == 0 {
+        0
+    } else {
+        ((size + 8 + 15) & !15).max(32)
+    }
+}
+
+/// The header `bytes` keeps alive besides its own buffer once it is shared
+/// (its reference count): what the first clone of an exact-size `Bytes` allocates.
+const SHARED_BYTES_HEADER: usize = 32;
 
 /// When a response arrived, on the two clocks its age is computed from
 /// (RFC 9111 §4.2.3).
@@ -63,7 +76,7 @@ pub struct CachedResponse {
     pub status: StatusCode,
     /// End-to-end headers as they will be sent: hop-by-hop removed, `Via`
     /// added, `Corral-Cache-Control` (corral's own) removed.
-    pub headers: HeaderMap,
+    pub headers: StoredHeaders,
     /// The whole body; never a truncated one.
     pub body: Bytes,
     /// The request header values this variant was selected by (from `Vary`).
@@ -82,31 +95,131 @@ pub struct CachedResponse {
     /// conditional request.
     pub has_validator: bool,
     /// Until when it may be needed: freshness, plus the longest stale window
-    /// that may apply, plus [`EVICTION_GRACE`]. moka reclaims it afterwards.
+    /// that may apply, plus [`EVICTION_GRACE`]. The cache drops it afterwards.
     pub keep_until: Instant,
     /// The `Corral-Cache-Control` lines it came with, kept apart from
     /// `headers` so clients never see them but a 304 can be merged with them.
     corral_cache_control: Vec<HeaderValue>,
 }
 
-/// Copies every header value into its own exact-size allocation. Values parsed
+/// A stored response's header lines, in the order they arrived, in one
+/// exact-size allocation (plus one per value): a `HeaderMap` spends about
+/// 110 bytes on each of at least six slots and an index besides, several
+/// times what a typical cached response's headers hold. Lookups are linear,
+/// which for the dozen lines a response carries is as fast as hashing; a
+/// hit builds the `HeaderMap` it sends anyway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredHeaders {
+    lines: Box<[(HeaderName, HeaderValue)]>,
+}
+
+impl StoredHeaders {
+    /// The lines of `headers`, in order, each value copied into its own
+    /// exact-size allocation ([`detach`]'s reason).
+    ///
+    /// The values are slices of one block holding them all: one allocation
+    /// (and one reference count) for every value instead of one each.
+    pub fn detached(headers: &HeaderMap) -> StoredHeaders {
+        let mut block = Vec::with_capacity(headers.values().map(HeaderValue::len).sum());
+        for value in headers.values() {
+            block.extend_from_slice(value.as_bytes());
+        }
+        let block = Bytes::from(block);
+        let mut start = 0;
+        let lines = headers
+            .iter()
+            .map(|(name, value)| {
+                let end = start + value.len();
+                let slice = block.slice(start..end);
+                start = end;
+                // The same bytes the value held, so the same validation passes.
+                let mut stored =
+                    HeaderValue::from_maybe_shared(slice).unwrap_or_else(|_| detach_value(value));
+                stored.set_sensitive(value.is_sensitive());
+                (name.clone(), stored)
+            })
+            .collect();
+        StoredHeaders { lines }
+    }
+
+    /// Heap bytes its lines take: the line array and the value block (names
+    /// are counted by their length: standard ones take nothing, others an
+    /// allocation of their own, and a response carries both kinds).
+    pub fn heap_size(&self) -> usize {
+        let values: usize = self.lines.iter().map(|(_, value)| value.len()).sum();
+        let names: usize = self.lines.iter().map(|(name, _)| name.as_str().len()).sum();
+        let block = if values == 0 {
+            0
+        } else {
+            malloc_chunk(values) + SHARED_BYTES_HEADER
+        };
+        malloc_chunk(std::mem::size_of_val(&*self.lines)) + block + names
+    }
+
+    /// Every line, in order; a field with several lines yields each.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.lines.iter().map(|(name, value)| (name, value))
+    }
+
+    /// Number of lines.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// The first line of field `name`.
+    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.lines
+            .iter()
+            .find(|(line, _)| line == name)
+            .map(|(_, value)| value)
+    }
+
+    /// Every line of field `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue> {
+        self.lines
+            .iter()
+            .filter(move |(line, _)| line == name)
+            .map(|(_, value)| value)
+    }
+
+    /// Whether field `name` is present.
+    pub fn contains_key(&self, name: &HeaderName) -> bool {
+        self.lines.iter().any(|(line, _)| line == name)
+    }
+
+    /// The lines as a `HeaderMap` sized for `more` lines besides, so adding
+    /// them neither grows nor rehashes it. Values are shared, not copied.
+    pub fn to_map_with_room(&self, more: usize) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.lines.len() + more);
+        for (name, value) in self.lines.iter() {
+            map.append(name.clone(), value.clone());
+        }
+        map
+    }
+
+    /// The lines as a `HeaderMap` (values shared, not copied).
+    pub fn to_map(&self) -> HeaderMap {
+        self.to_map_with_room(0)
+    }
+
+    /// Bytes its lines hold: names and values.
+    pub fn content_len(&self) -> usize {
+        self.lines
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum()
+    }
+}
+
+/// Copies a header value into its own exact-size allocation. Values parsed
 /// by hyper are slices of the connection's read buffer: stored as they are,
 /// each entry would keep a whole buffer (8 KiB or more) alive, unseen by the
 /// byte budget.
-pub(super) fn detach(headers: HeaderMap) -> HeaderMap {
-    let mut detached = HeaderMap::with_capacity(headers.len());
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in headers {
-        if let Some(name) = name {
-            current = Some(name);
-        }
-        if let Some(name) = &current {
-            detached.append(name.clone(), detach_value(&value));
-        }
-    }
-    detached
-}
-
 pub(super) fn detach_value(value: &HeaderValue) -> HeaderValue {
     let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
     copy.set_sensitive(value.is_sensitive());
@@ -187,11 +300,20 @@ impl CachedResponse {
             )
             .unwrap_or(fresh_until);
         let has_validator = policy::has_validator(&headers);
-        let mut headers = detach(headers);
+        // The first clone of an exact-size body allocates its reference
+        // count; taking it now keeps the entry's cost (its weight) the same
+        // before and after its first hit.
+        drop(body.clone());
+        let mut headers = headers;
         let corral_cache_control = match headers.entry(&CORRAL_CACHE_CONTROL) {
-            http::header::Entry::Occupied(lines) => lines.remove_entry_mult().1.collect(),
+            http::header::Entry::Occupied(lines) => lines
+                .remove_entry_mult()
+                .1
+                .map(|v| detach_value(&v))
+                .collect(),
             http::header::Entry::Vacant(_) => Vec::new(),
         };
+        let headers = StoredHeaders::detached(&headers);
         CachedResponse {
             status,
             headers,
@@ -269,7 +391,9 @@ impl CachedResponse {
     /// comparing validators with a 304 and merging it in: one copy, which the
     /// caller then owns ([`policy::freshen_headers`] merges into it).
     pub fn origin_headers(&self) -> HeaderMap {
-        let mut headers = self.headers.clone();
+        let mut headers = self
+            .headers
+            .to_map_with_room(self.corral_cache_control.len());
         for line in &self.corral_cache_control {
             headers.append(CORRAL_CACHE_CONTROL.clone(), line.clone());
         }
@@ -331,14 +455,24 @@ impl CachedResponse {
             || self.lifetime.source == LifetimeSource::SMaxAge)
     }
 
-    /// Bytes this entry is charged for in the cache budget.
+    /// Bytes this entry is charged for in the cache budget: what it really
+    /// takes from the allocator (its own allocation, the body's, the
+    /// headers' and the selecting values'), checked by `tests/entry_memory.rs`.
     pub fn weight(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 32)
-            .sum();
-        ENTRY_OVERHEAD + headers + self.body.len()
+        let body = if self.body.is_empty() {
+            0
+        } else {
+            malloc_chunk(self.body.len()) + SHARED_BYTES_HEADER
+        };
+        let own = malloc_chunk(std::mem::size_of::<CachedResponse>() + 2 * size_of::<usize>());
+        let corral_cache_control =
+            malloc_chunk(self.corral_cache_control.capacity() * size_of::<HeaderValue>())
+                + self
+                    .corral_cache_control
+                    .iter()
+                    .map(|v| malloc_chunk(v.len()))
+                    .sum::<usize>();
+        own + body + self.headers.heap_size() + corral_cache_control + self.variant.heap_size()
     }
 }
 
@@ -453,6 +587,23 @@ impl Variant {
                 })
                 .collect(),
         }
+    }
+
+    /// Heap bytes it takes: its list, each header's value list and values.
+    pub fn heap_size(&self) -> usize {
+        let lists: usize = self
+            .selecting
+            .iter()
+            .map(|s| {
+                malloc_chunk(s.values.capacity() * size_of::<HeaderValue>())
+                    + s.values
+                        .iter()
+                        .map(|v| malloc_chunk(v.len()))
+                        .sum::<usize>()
+                    + s.name.as_str().len()
+            })
+            .sum();
+        malloc_chunk(self.selecting.capacity() * size_of::<Selecting>()) + lists
     }
 
     /// Whether `request` selects this variant. Allocates nothing.

@@ -35,6 +35,11 @@ use std::fmt;
 pub struct CacheKey(String);
 
 impl CacheKey {
+    /// Heap bytes the key takes (its text's allocation).
+    pub fn heap_size(&self) -> usize {
+        super::entry::malloc_chunk(self.0.capacity())
+    }
+
     /// The key for a request sent upstream to `authority` (already canonical:
     /// lowercase host, see [`canonical_authority`]) for `path_and_query`.
     pub fn new(authority: &str, path_and_query: &str) -> CacheKey {

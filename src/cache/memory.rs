@@ -1,103 +1,150 @@
-//! The in-process tier (L1): a byte-weighted moka cache of per-URL variant
-//! sets, and the hit-for-pass marks. A hit is a map lookup, a walk over the
-//! URL's few variants and an `Arc` clone.
+//! The in-process tier (L1): a byte-weighted cache of per-URL variant sets
+//! (quick_cache), and the hit-for-pass marks (moka). A hit is a shard's read
+//! lock, a hash lookup, a walk over the URL's few variants and an `Arc` clone.
+//!
+//! # Why quick_cache, not moka, for the entries
+//!
+//! A stored object is usually small (a JSON document, a page), so what the
+//! cache spends on each entry besides the response decides how many fit in
+//! the budget. moka spent about 375 bytes per entry (its own `Arc`s around
+//! key and value, access- and write-order deque nodes, timer-wheel node,
+//! frequency sketch) and recorded every read in a channel it drains later;
+//! quick_cache keeps key and value inline in a slab with a 4-byte index slot
+//! (about 80 bytes per entry, ghosts included) and a read only marks the
+//! entry referenced. Its eviction (CLOCK-PRO, close to S3-FIFO) is scan
+//! resistant, as moka's TinyLFU was.
+//!
+//! quick_cache has no expiry of its own: an entry that can no longer be
+//! served ([`CachedResponse::keep_until`]) is treated as absent by every
+//! lookup and removed then, and [`HotCache::sweep`] drops the rest: the
+//! first insert after [`SWEEP_INTERVAL`] has passed runs it, so a cache that
+//! no longer takes new entries keeps its dead ones only until it does.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::HeaderMap;
-use moka::Expiry;
-use moka::notification::RemovalCause;
-use moka::ops::compute::Op;
 use moka::sync::Cache;
+use quick_cache::sync::{EntryAction, EntryResult};
+use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use tokio::time::Instant;
 
 use super::entry::CachedResponse;
 use super::key::CacheKey;
 
 /// The stored variants of one URL, most recently stored first.
-#[derive(Debug, Default)]
-pub(super) struct Variants {
-    pub(super) entries: Vec<Arc<CachedResponse>>,
+pub(super) type Variants = Arc<[Arc<CachedResponse>]>;
+
+/// Bytes one URL's variants are charged for: each entry's own weight, the
+/// key's, and what the cache spends on the slot that holds them.
+pub(super) fn variants_weight(key: &CacheKey, variants: &[Arc<CachedResponse>]) -> u64 {
+    let entries: usize = variants.iter().map(|e| e.weight()).sum();
+    let slot = SLOT_OVERHEAD + key.heap_size() + variants.len() * size_of::<usize>();
+    u64::try_from(entries + slot).unwrap_or(u64::MAX)
 }
 
-impl Variants {
-    pub(super) fn weight(&self, key: &CacheKey) -> u32 {
-        let total: usize =
-            key.as_str().len() + self.entries.iter().map(|e| e.weight()).sum::<usize>();
-        u32::try_from(total).unwrap_or(u32::MAX)
-    }
+/// What the cache spends per URL beyond its entries and its key's own
+/// heap bytes: the slab slot, its index and ghost share, and the variant
+/// list's allocation (measured by `tests/entry_memory.rs`).
+const SLOT_OVERHEAD: usize = 112;
 
-    /// When the last of them may be dropped.
-    fn keep_until(&self) -> Option<Instant> {
-        self.entries.iter().map(|e| e.keep_until).max()
+/// Whether one of `variants` may still be served at `now`.
+fn servable(variants: &[Arc<CachedResponse>], now: Instant) -> bool {
+    variants.iter().any(|e| e.keep_until > now)
+}
+
+#[derive(Clone)]
+struct ByBytes;
+
+impl Weighter<CacheKey, Variants> for ByBytes {
+    fn weight(&self, key: &CacheKey, variants: &Variants) -> u64 {
+        // Zero would mean "never evict"; every entry costs something.
+        variants_weight(key, variants).max(1)
     }
 }
 
-/// Tells moka when it may reclaim a URL's variants: once none of them can be
-/// served any more (see [`CachedResponse::keep_until`]).
-struct EvictWhenUnservable;
+/// Counts the URLs pushed out to make room.
+#[derive(Clone)]
+struct CountEvictions(Arc<dyn Fn() + Send + Sync>);
 
-impl EvictWhenUnservable {
-    fn remaining(value: &Variants) -> Option<Duration> {
-        let until = value.keep_until()?;
-        Some(until.saturating_duration_since(Instant::now()))
+impl Lifecycle<CacheKey, Variants> for CountEvictions {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _state: &mut Self::RequestState, _key: CacheKey, _variants: Variants) {
+        (self.0)();
     }
 }
 
-impl Expiry<CacheKey, Arc<Variants>> for EvictWhenUnservable {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<Variants>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Self::remaining(value).or(Some(Duration::ZERO))
-    }
+type Entries = quick_cache::sync::Cache<
+    CacheKey,
+    Variants,
+    ByBytes,
+    quick_cache::DefaultHashBuilder,
+    CountEvictions,
+>;
 
-    fn expire_after_update(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<Variants>,
-        _updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Self::remaining(value).or(Some(Duration::ZERO))
-    }
-}
+/// Smallest byte budget a shard gets: a shard refuses anything heavier than
+/// its own budget, so shards must stay well above the largest object.
+const MIN_SHARD_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Byte-bounded map from primary cache key (host, path and query) to the
 /// variants stored for it. Cheap to clone; clones share the same entries.
 #[derive(Clone)]
 pub struct HotCache {
-    entries: Cache<CacheKey, Arc<Variants>>,
+    entries: Arc<Entries>,
     max_variants: usize,
+    /// When the last sweep ran (or the cache was made).
+    swept: Arc<Mutex<Instant>>,
 }
 
+/// Least time between two sweeps of unservable entries.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
 impl HotCache {
-    /// A cache that evicts (TinyLFU, by moka) once the weight of its entries
-    /// passes `max_bytes`, keeps at most `max_variants` (at least 1) variants
-    /// per key, and calls `on_evicted_for_space` for each key it pushes out to
-    /// make room (not for expiries, replacements or purges).
+    /// A cache that evicts (CLOCK-PRO, by quick_cache) once the weight of its
+    /// entries passes `max_bytes`, keeps at most `max_variants` (at least 1)
+    /// variants per key, and calls `on_evicted_for_space` for each key it
+    /// pushes out to make room (not for expiries, replacements or purges).
     pub fn new(
         max_bytes: u64,
         max_variants: usize,
         on_evicted_for_space: impl Fn() + Send + Sync + 'static,
     ) -> HotCache {
-        let entries = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|key: &CacheKey, value: &Arc<Variants>| value.weight(key))
-            .expire_after(EvictWhenUnservable)
-            .eviction_listener(move |_key, _value, cause| {
-                if cause == RemovalCause::Size {
-                    on_evicted_for_space();
-                }
-            })
+        let shards = (max_bytes / MIN_SHARD_BYTES).clamp(1, 64);
+        let options = OptionsBuilder::new()
+            // A guess at the number of entries, for the initial tables; they grow.
+            .estimated_items_capacity(
+                usize::try_from(max_bytes / 4096)
+                    .unwrap_or(1 << 20)
+                    .clamp(64, 1 << 20),
+            )
+            .weight_capacity(max_bytes.max(1))
+            .shards(usize::try_from(shards).unwrap_or(1))
             .build();
+        let lifecycle = CountEvictions(Arc::new(on_evicted_for_space));
+        let entries = match options {
+            Ok(options) => Entries::with_options(options, ByBytes, Default::default(), lifecycle),
+            // Only out-of-range numbers are refused, and every one above is in range.
+            Err(_) => Entries::with(64, max_bytes.max(1), ByBytes, Default::default(), lifecycle),
+        };
         HotCache {
-            entries,
+            entries: Arc::new(entries),
             max_variants: max_variants.max(1),
+            swept: Arc::new(Mutex::new(Instant::now())),
         }
+    }
+
+    /// The servable variants under `key` at `now`; removes them if none is.
+    fn servable(&self, key: &CacheKey, now: Instant) -> Option<Variants> {
+        let variants = self.entries.get(key)?;
+        if servable(&variants, now) {
+            return Some(variants);
+        }
+        self.entries
+            .remove_if(key, |current| Arc::ptr_eq(current, &variants));
+        None
     }
 
     /// The most recently stored variant under `key`, fresh or not, whatever
@@ -105,15 +152,13 @@ impl HotCache {
     /// [`HotCache::select`]).
     #[cfg(test)]
     pub(super) fn get(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
-        self.entries.get(key)?.entries.first().cloned()
+        self.servable(key, Instant::now())?.first().cloned()
     }
 
     /// The most recently stored variant under `key` that `request` selects,
     /// fresh or not; callers judge freshness.
     pub fn select(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<CachedResponse>> {
-        let variants = self.entries.get(key)?;
-        variants
-            .entries
+        self.servable(key, Instant::now())?
             .iter()
             .find(|entry| entry.variant.matches(request))
             .cloned()
@@ -121,7 +166,7 @@ impl HotCache {
 
     /// Number of variants stored under `key`.
     pub fn variant_count(&self, key: &CacheKey) -> usize {
-        self.entries.get(key).map_or(0, |v| v.entries.len())
+        self.servable(key, Instant::now()).map_or(0, |v| v.len())
     }
 
     /// Stores `entry`, fetched for `request`, under `key`: it replaces every
@@ -130,88 +175,115 @@ impl HotCache {
     /// Atomic per key; visible to every later lookup once this returns.
     pub fn insert(&self, key: CacheKey, entry: Arc<CachedResponse>, request: &HeaderMap) {
         let now = Instant::now();
+        self.sweep_if_due(now);
         let max_variants = self.max_variants;
-        self.entries.entry(key).and_compute_with(|existing| {
-            let mut entries = Vec::with_capacity(max_variants.min(8));
-            entries.push(entry);
-            if let Some(existing) = existing {
-                let kept = existing
-                    .value()
-                    .entries
-                    .iter()
-                    .filter(|old| !old.variant.matches(request) && old.keep_until > now);
-                entries.extend(kept.take(max_variants - 1).cloned());
+        let merged = |existing: Option<&Variants>, entry: Arc<CachedResponse>| -> Variants {
+            let kept = existing
+                .into_iter()
+                .flat_map(|e| e.iter())
+                .filter(|old| !old.variant.matches(request) && old.keep_until > now);
+            std::iter::once(entry)
+                .chain(kept.take(max_variants - 1).cloned())
+                .collect()
+        };
+        let mut pending = Some(entry);
+        let found = self.entries.entry(&key, None, |_, current| {
+            if let Some(entry) = pending.take() {
+                *current = merged(Some(current), entry);
             }
-            Op::Put(Arc::new(Variants { entries }))
+            EntryAction::Retain(())
         });
+        match found {
+            EntryResult::Vacant(slot) => {
+                if let Some(entry) = pending.take() {
+                    let _ = slot.insert(merged(None, entry));
+                }
+            }
+            EntryResult::Replaced(slot, _) => {
+                if let Some(entry) = pending.take() {
+                    let _ = slot.insert(merged(None, entry));
+                }
+            }
+            EntryResult::Retained(()) | EntryResult::Removed(..) | EntryResult::Timeout => {}
+        }
     }
 
     /// Removes `entry` from the variants under `key`, if it is still stored
     /// there (a newer one stored since is left alone).
     pub fn remove_variant(&self, key: &CacheKey, entry: &Arc<CachedResponse>) {
-        self.entries
-            .entry(key.clone())
-            .and_compute_with(|existing| {
-                let Some(existing) = existing else {
-                    return Op::Nop;
-                };
-                let variants = existing.value();
-                if !variants.entries.iter().any(|e| Arc::ptr_eq(e, entry)) {
-                    return Op::Nop;
-                }
-                let entries: Vec<_> = variants
-                    .entries
-                    .iter()
-                    .filter(|e| !Arc::ptr_eq(e, entry))
-                    .cloned()
-                    .collect();
-                if entries.is_empty() {
-                    Op::Remove
-                } else {
-                    Op::Put(Arc::new(Variants { entries }))
-                }
-            });
+        let found = self.entries.entry(key, None, |_, current| {
+            if !current.iter().any(|e| Arc::ptr_eq(e, entry)) {
+                return EntryAction::Retain(());
+            }
+            let rest: Variants = current
+                .iter()
+                .filter(|e| !Arc::ptr_eq(e, entry))
+                .cloned()
+                .collect();
+            if rest.is_empty() {
+                return EntryAction::Remove;
+            }
+            *current = rest;
+            EntryAction::Retain(())
+        });
+        // An absent key leaves a placeholder to fill; leaving it empty is the answer.
+        drop(found);
     }
 
     /// Removes every entry whose path and query (on any authority) equals one
     /// of `exact` or starts with one of `prefixes`; returns how many keys were
     /// removed. Walks the whole cache: an admin operation, not a request-path one.
     pub fn purge(&self, exact: &[String], prefixes: &[String]) -> usize {
-        let doomed: Vec<Arc<CacheKey>> = self
-            .entries
-            .iter()
-            .map(|(key, _)| key)
-            .filter(|key| {
-                let path = key.path_and_query();
-                exact.iter().any(|e| e == path)
-                    || prefixes.iter().any(|p| path.starts_with(p.as_str()))
-            })
-            .collect();
-        for key in &doomed {
-            self.entries.invalidate(key.as_ref());
+        let doomed = |key: &CacheKey| {
+            let path = key.path_and_query();
+            exact.iter().any(|e| e == path) || prefixes.iter().any(|p| path.starts_with(p.as_str()))
+        };
+        let before = self.entries.len();
+        self.entries.retain(|key, _| !doomed(key));
+        before.saturating_sub(self.entries.len())
+    }
+
+    /// Drops every key none of whose variants can be served any more at
+    /// `now`; returns how many. Walks the whole cache, one shard at a time.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, variants| servable(variants, now));
+        before.saturating_sub(self.entries.len())
+    }
+
+    /// Sweeps once [`SWEEP_INTERVAL`] has passed since the last sweep; one
+    /// caller does, the others go on.
+    fn sweep_if_due(&self, now: Instant) {
+        let due = match self.swept.try_lock() {
+            Ok(mut swept) if now.saturating_duration_since(*swept) >= SWEEP_INTERVAL => {
+                *swept = now;
+                true
+            }
+            _ => false,
+        };
+        if due {
+            self.sweep(now);
         }
-        doomed.len()
     }
 
     /// Removes every variant stored under `key`, if any.
     pub fn invalidate(&self, key: &CacheKey) {
-        self.entries.invalidate(key);
+        self.entries.remove(key);
     }
 
-    /// Number of keys (approximate until pending maintenance runs).
+    /// Number of keys.
     pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
+        u64::try_from(self.entries.len()).unwrap_or(u64::MAX)
     }
 
-    /// Total weight in bytes (approximate until pending maintenance runs).
+    /// Total weight in bytes.
     pub fn weighted_size(&self) -> u64 {
-        self.entries.weighted_size()
+        self.entries.weight()
     }
 
-    /// Applies pending inserts and evictions so the counts above are exact.
-    pub fn run_pending_tasks(&self) {
-        self.entries.run_pending_tasks();
-    }
+    /// Kept for callers that expect pending maintenance to be applied before
+    /// reading the counts: quick_cache applies everything as it goes.
+    pub fn run_pending_tasks(&self) {}
 }
 
 /// Keys recently answered with something unshareable: requests for them go

@@ -24,7 +24,9 @@ pub mod policy;
 pub mod tier;
 pub mod wire;
 
-pub use entry::{CachedResponse, EVICTION_GRACE, NO_REQUEST_DIRECTIVES, Timing, Variant};
+pub use entry::{
+    CachedResponse, EVICTION_GRACE, NO_REQUEST_DIRECTIVES, StoredHeaders, Timing, Variant,
+};
 pub use key::CacheKey;
 pub use memory::{HotCache, PassMarks};
 pub use tier::{Purge, Tier, TierFuture};

@@ -8,7 +8,7 @@ use crate::http::directives::{CORRAL_CACHE_CONTROL, ResponseDirectives};
 use crate::http::test_support::headers;
 use bytes::Bytes;
 use http::StatusCode;
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -49,8 +49,8 @@ fn stored_header_values_never_point_into_the_read_buffer() {
     let value = HeaderValue::from_maybe_shared(read_buffer.slice(10..20)).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert("x-slice", value.clone());
-    let detached = detach(headers);
-    let stored = detached.get("x-slice").unwrap();
+    let detached = StoredHeaders::detached(&headers);
+    let stored = detached.get(&HeaderName::from_static("x-slice")).unwrap();
     assert_eq!(stored, &value);
     let buffer = read_buffer.as_ptr_range();
     assert!(!buffer.contains(&stored.as_bytes().as_ptr()));
@@ -224,14 +224,12 @@ fn purge_matches_paths_exactly_or_by_prefix_across_hosts() {
 #[test]
 fn weight_counts_key_headers_and_body() {
     let stored = entry(&[0; 100], Duration::ZERO);
-    let variants = Variants {
-        entries: vec![Arc::clone(&stored), stored],
-    };
     let key = key("/k");
-    assert_eq!(
-        variants.weight(&key),
-        (key.as_str().len() + 2 * (ENTRY_OVERHEAD + 100)) as u32
-    );
+    let one = variants_weight(&key, &[Arc::clone(&stored)]);
+    let two = variants_weight(&key, &[Arc::clone(&stored), Arc::clone(&stored)]);
+    // A second variant costs its entry and its slot in the list.
+    assert_eq!(two - one, (stored.weight() + size_of::<usize>()) as u64);
+    assert!(stored.weight() > 100, "the body and the entry itself");
 }
 
 #[test]
@@ -442,4 +440,31 @@ async fn the_in_process_tier_answers_through_the_seam() {
     assert_eq!(purged, 1);
     tier.invalidate(&key("/t")).await;
     assert!(tier.lookup(&key("/t"), &plain, &policy).await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_that_can_no_longer_be_served_are_absent_and_swept() {
+    let cache = HotCache::new(1 << 20, 8, || {});
+    for path in ["/a", "/b", "/c"] {
+        cache.insert(
+            key(path),
+            entry(b"x", Duration::from_secs(1)),
+            &HeaderMap::new(),
+        );
+    }
+    tokio::time::advance(Duration::from_secs(2) + EVICTION_GRACE).await;
+    assert_eq!(
+        cache.entry_count(),
+        3,
+        "nothing is dropped behind the scenes"
+    );
+    assert!(cache.get(&key("/a")).is_none());
+    assert_eq!(
+        cache.entry_count(),
+        2,
+        "a lookup drops what it cannot serve"
+    );
+    assert_eq!(cache.sweep(Instant::now()), 2);
+    assert_eq!(cache.entry_count(), 0);
+    assert_eq!(cache.weighted_size(), 0);
 }

@@ -285,7 +285,7 @@ impl Fill {
         loop {
             let mut headers = self.origin_headers.clone();
             if let Some(stored) = revalidating {
-                headers.extend(policy::conditional_headers(&stored.headers));
+                headers.extend(policy::conditional_headers(&stored.headers.to_map()));
             }
             let (response, timing) = match self.fetch(headers).await {
                 Ok(fetched) => fetched,

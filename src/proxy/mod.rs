@@ -51,6 +51,7 @@ use crate::cache::policy::{PassReason, request_pass_reason};
 use crate::cache::{CacheKey, HotCache, PassMarks, Purge, Tier};
 use crate::coalesce::FlightMap;
 use crate::config::{Config, ConfigError, PlacedProblem, Route, RouteTable};
+use crate::logging;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::origin::{OriginError, OriginResponse};
 use crate::replay::Replay;
@@ -313,10 +314,6 @@ impl Proxy {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
         let settings = self.state.settings.load_full();
-        // Cheap clones (an enum and a shared-bytes URI), taken only when logging.
-        let access = settings
-            .access_log
-            .then(|| (parts.method.clone(), parts.uri.clone()));
         let matched = settings.table.find(parts.uri.path());
         let route_metrics = matched.map_or(&settings.unmatched, |(index, _)| {
             &settings.route_metrics[index]
@@ -329,8 +326,10 @@ impl Proxy {
             .await;
         let elapsed = started.elapsed();
         route_metrics.record(answer.status.label(), elapsed);
-        if let Some((method, uri)) = access {
-            render::log_access(&method, &uri, &answer, elapsed);
+        if settings.access_log
+            && let Some(sink) = logging::access_log()
+        {
+            render::log_access(sink, &parts, &answer, elapsed);
         }
         answer.response
     }

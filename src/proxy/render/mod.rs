@@ -3,6 +3,8 @@
 //! log, so the three always agree; stored entries are rendered for one client
 //! here ([`from_entry`]), and every answer leaves as an [`Answer`].
 
+use std::sync::OnceLock;
+
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
@@ -17,6 +19,7 @@ use crate::cache::CachedResponse;
 use crate::cache::policy::{self, PassReason};
 use crate::http::CACHE_STATUS;
 use crate::http::range::{self, ByteRange, Ranges};
+use crate::logging::{AccessEntry, LogSink};
 use crate::metrics::CacheStatusLabel;
 
 /// How one request was answered: the value its `Cache-Status` header, its
@@ -95,8 +98,17 @@ impl Answer {
     /// `response`, labelled by `status`, whose `Cache-Status` member it
     /// carries last: after any members the origin (or a cache before it)
     /// sent, as RFC 9211 §2 orders them, and exactly once.
-    pub fn new(mut response: Response<ProxyBody>, status: CacheStatus) -> Answer {
+    pub fn new(response: Response<ProxyBody>, status: CacheStatus) -> Answer {
         let ours = status.header();
+        Answer::with_member(response, status, ours)
+    }
+
+    /// [`Answer::new`] with `ours`, `status`'s member already rendered.
+    fn with_member(
+        mut response: Response<ProxyBody>,
+        status: CacheStatus,
+        ours: HeaderValue,
+    ) -> Answer {
         let headers = response.headers_mut();
         let value = if headers.contains_key(&CACHE_STATUS) {
             after_upstream(headers, &ours)
@@ -122,17 +134,53 @@ fn after_upstream(headers: &http::HeaderMap, ours: &HeaderValue) -> HeaderValue 
 
 /// A stored response this request may reuse as it is, rendered for it: a
 /// hit while fresh; past its freshness (the client's `max-stale` accepted
-/// it), a stale answer that says so.
+/// it), a stale answer that says so. A fresh hit's `Age` and `Cache-Status`
+/// values are rendered once per process for each number of seconds and
+/// shared, so a hit allocates nothing for them.
 pub fn hit(entry: &CachedResponse, parts: &Parts, now: Instant) -> Answer {
     if !entry.is_fresh(now) {
         let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::ClientMaxStale));
         return from_entry(entry, status, parts, now);
     }
+    let ttl = entry.ttl_secs(now);
     let status = CacheStatus {
-        ttl: Some(entry.ttl_secs(now)),
+        ttl: Some(ttl),
         ..CacheStatus::of(CacheOutcome::Hit)
     };
-    from_entry(entry, status, parts, now)
+    let age = rendered_once(&AGE_VALUES, entry.age_secs(now), HeaderValue::from);
+    let ours = rendered_once(&HIT_STATUS_VALUES, ttl, |_| status.header());
+    render_entry(entry, status, ours, parts, age)
+}
+
+/// Seconds up to which the `Age` and a hit's `Cache-Status` values are
+/// rendered once per process and shared: a day.
+const RENDERED_SECONDS: usize = 86_400;
+
+/// `Age: N`, rendered once per `N` below [`RENDERED_SECONDS`]. Only the
+/// slots a process uses are ever touched, so the table costs its address
+/// space, not its size, in memory.
+static AGE_VALUES: [OnceLock<HeaderValue>; RENDERED_SECONDS] =
+    [const { OnceLock::new() }; RENDERED_SECONDS];
+
+/// A fresh hit's `Cache-Status: corral; hit; ttl=N`, rendered once per `N`
+/// below [`RENDERED_SECONDS`].
+static HIT_STATUS_VALUES: [OnceLock<HeaderValue>; RENDERED_SECONDS] =
+    [const { OnceLock::new() }; RENDERED_SECONDS];
+
+/// The value `render` makes for `seconds`: from `table` when it has a slot
+/// for it (a clone shares the bytes, allocating nothing), else made afresh.
+fn rendered_once(
+    table: &'static [OnceLock<HeaderValue>],
+    seconds: u64,
+    render: impl FnOnce(u64) -> HeaderValue,
+) -> HeaderValue {
+    match usize::try_from(seconds)
+        .ok()
+        .and_then(|slot| table.get(slot))
+    {
+        Some(slot) => slot.get_or_init(|| render(seconds)).clone(),
+        None => render(seconds),
+    }
 }
 
 /// Renders a stored (or just fetched) response for one client: `Age` and
@@ -154,33 +202,45 @@ pub fn from_entry(
     now: Instant,
 ) -> Answer {
     let age = HeaderValue::from(entry.age_secs(now));
+    render_entry(entry, status, status.header(), parts, age)
+}
+
+/// [`from_entry`], with the `Age` value and `status`'s `Cache-Status` member
+/// (`ours`) already rendered.
+fn render_entry(
+    entry: &CachedResponse,
+    status: CacheStatus,
+    ours: HeaderValue,
+    parts: &Parts,
+    age: HeaderValue,
+) -> Answer {
     let request = &parts.headers;
     let conditional = request.contains_key(header::IF_NONE_MATCH)
         || request.contains_key(header::IF_MODIFIED_SINCE);
-    if conditional
-        && policy::client_not_modified(
-            request,
-            entry.status,
-            &entry.headers,
-            entry.timing.received_at,
-        )
+    // Conditional and range requests read the stored validators through a
+    // map; a plain hit never builds one for that.
+    let stored =
+        (conditional || request.contains_key(header::RANGE)).then(|| entry.headers.to_map());
+    if let Some(stored) = stored.as_ref().filter(|_| conditional)
+        && policy::client_not_modified(request, entry.status, stored, entry.timing.received_at)
     {
         let mut response = Response::new(ProxyBody::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
-        let mut headers = policy::not_modified_response_headers(&entry.headers);
+        let mut headers = policy::not_modified_response_headers(stored);
         headers.insert(header::AGE, age);
         *response.headers_mut() = headers;
-        return Answer::new(response, status);
+        return Answer::with_member(response, status, ours);
     }
     let head = parts.method == Method::HEAD;
     let ranged = entry.status == StatusCode::OK && (head || parts.method == Method::GET);
     let complete = u64::try_from(entry.body.len()).unwrap_or(u64::MAX);
     // Range handling is defined for GET alone; a HEAD ignores `Range` (RFC
     // 9110 §14.2), so it learns the whole representation's length.
-    let ranges = if ranged && !head && request.contains_key(header::RANGE) {
-        range::requested_ranges(request, &entry.headers, complete)
-    } else {
-        Ranges::Ignore
+    let ranges = match &stored {
+        Some(stored) if ranged && !head && request.contains_key(header::RANGE) => {
+            range::requested_ranges(request, stored, complete)
+        }
+        _ => Ranges::Ignore,
     };
     match ranges {
         Ranges::One(range) => {
@@ -199,13 +259,23 @@ pub fn from_entry(
     };
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
-    let mut headers = entry.headers.clone();
+    let mut headers = stored_headers_and(entry, ANSWER_HEADERS);
     headers.insert(header::AGE, age);
     if ranged {
         headers.insert(header::ACCEPT_RANGES, accept_bytes());
     }
     *response.headers_mut() = headers;
-    Answer::new(response, status)
+    Answer::with_member(response, status, ours)
+}
+
+/// Headers a rendered entry adds to its stored ones: `Age`,
+/// `Accept-Ranges`, `Cache-Status`.
+const ANSWER_HEADERS: usize = 3;
+
+/// `entry`'s stored headers, in a map sized for `more` besides, so adding
+/// them neither grows nor rehashes it.
+fn stored_headers_and(entry: &CachedResponse, more: usize) -> http::HeaderMap {
+    entry.headers.to_map_with_room(more)
 }
 
 /// A response still arriving from the origin, rendered for a plain GET (no
@@ -276,7 +346,8 @@ fn partial(
     };
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-    let mut headers = entry.headers.clone();
+    // Content-Range and Content-Length are the two beyond a 200's.
+    let mut headers = stored_headers_and(entry, ANSWER_HEADERS + 1);
     headers.insert(header::AGE, age);
     headers.insert(header::ACCEPT_RANGES, accept_bytes());
     headers.insert(header::CONTENT_RANGE, content_range);
@@ -302,10 +373,10 @@ fn unsatisfiable(complete: u64, status: CacheStatus) -> Answer {
     Answer::new(response, status)
 }
 
-/// One access-log event (target `corral::access`). `bytes` is the body length
-/// when known up front (cached answers, or a relayed `Content-Length`);
-/// `duration_ms` runs to the response head, not the end of a streamed body.
-pub fn log_access(method: &Method, uri: &http::Uri, answer: &Answer, elapsed: std::time::Duration) {
+/// Appends the access line for `answer` to `sink`: method, path (never the
+/// query, which may carry secrets), status, `cache_status` label, time to the
+/// response head, and body length when known before it is sent.
+pub fn log_access(sink: &LogSink, parts: &Parts, answer: &Answer, elapsed: std::time::Duration) {
     let response = &answer.response;
     let bytes = http_body::Body::size_hint(response.body())
         .exact()
@@ -316,15 +387,14 @@ pub fn log_access(method: &Method, uri: &http::Uri, answer: &Answer, elapsed: st
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
         });
-    tracing::info!(
-        target: "corral::access",
-        method = %method,
-        path = uri.path(),
-        status = response.status().as_u16(),
-        cache_status = answer.status.label().as_str(),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+    sink.access(&AccessEntry {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        status: response.status().as_u16(),
+        cache_status: answer.status.label().as_str(),
+        duration_micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         bytes,
-    );
+    });
 }
 
 /// How corral handled a request, as reported in `Cache-Status` and metrics.
