@@ -24,6 +24,7 @@
 
 pub mod stream;
 
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -228,14 +229,9 @@ impl<V: Clone> Follower<V> {
                 return Ok(value.clone());
             }
             if self.outcome.changed().await.is_err() {
-                return self.published().ok_or(WaitError::Abandoned);
+                return published(&self.outcome).ok_or(WaitError::Abandoned);
             }
         }
-    }
-
-    /// The value published before the leader went away, if any.
-    fn published(&self) -> Option<V> {
-        self.outcome.borrow().as_ref().cloned()
     }
 
     /// Waits for the leader's value until `deadline`.
@@ -246,21 +242,32 @@ impl<V: Clone> Follower<V> {
     /// # Errors
     /// [`WaitError::TimedOut`] when `deadline` passes first,
     /// [`WaitError::Abandoned`] when the leader gave up without a value.
-    pub async fn wait(mut self, deadline: Instant) -> Result<V, WaitError> {
-        loop {
-            if let Some(value) = self.outcome.borrow_and_update().as_ref() {
-                return Ok(value.clone());
-            }
-            match tokio::time::timeout_at(deadline, self.outcome.changed()).await {
-                Err(_) => return Err(WaitError::TimedOut),
-                Ok(Ok(())) => continue,
-                Ok(Err(_closed)) => {
-                    // The sender is gone; it may still have published just before.
-                    return self.published().ok_or(WaitError::Abandoned);
+    pub fn wait(self, deadline: Instant) -> impl Future<Output = Result<V, WaitError>> {
+        // An async block over the receiver alone, not an `async fn` (which
+        // keeps a second copy of its arguments): a caller keeps this future
+        // for as long as it waits, and there may be many thousands of them.
+        let Follower { mut outcome } = self;
+        async move {
+            loop {
+                if let Some(value) = outcome.borrow_and_update().as_ref() {
+                    return Ok(value.clone());
+                }
+                match tokio::time::timeout_at(deadline, outcome.changed()).await {
+                    Err(_) => return Err(WaitError::TimedOut),
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_closed)) => {
+                        // The sender is gone; it may still have published just before.
+                        return published(&outcome).ok_or(WaitError::Abandoned);
+                    }
                 }
             }
         }
     }
+}
+
+/// The value published before the leader went away, if any.
+fn published<V: Clone>(outcome: &watch::Receiver<Option<V>>) -> Option<V> {
+    outcome.borrow().as_ref().cloned()
 }
 
 #[cfg(test)]

@@ -27,11 +27,14 @@ mod pass;
 mod render;
 mod upstream;
 
+use std::future::{Future, ready};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::request::Parts;
 use http::{Request, Response};
 use prometheus_client::metrics::gauge::Gauge;
@@ -336,15 +339,21 @@ impl Proxy {
 
     /// Admits the request, works out where it goes upstream (`origin`, the
     /// one its route picks), and serves it from the cache or passes it.
-    async fn dispatch<B>(
-        &self,
-        parts: &Parts,
+    ///
+    /// Everything up to the first await is decided here, before the future
+    /// exists, so the future holds only what serving needs: hyper keeps one
+    /// such future per connection, and every waiting follower holds one. A
+    /// cacheable request's context is kept inline; the other branches, which
+    /// go to the origin anyway, are boxed.
+    fn dispatch<'a, B>(
+        &'a self,
+        parts: &'a Parts,
         body: B,
         client: SocketAddr,
-        matched: Option<(usize, &Route)>,
-        route_metrics: &RouteMetrics,
-        origin: &Upstream,
-    ) -> Answer
+        matched: Option<(usize, &'a Route)>,
+        route_metrics: &'a RouteMetrics,
+        origin: &'a Upstream,
+    ) -> impl Future<Output = Answer> + Send + 'a
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -355,8 +364,11 @@ impl Proxy {
             Some(_) => request_pass_reason(&parts.method, &parts.headers),
         };
         let admission = &self.state.admission;
-        let refuse =
-            |refused: ProxyError| refused.into_answer(CacheOutcome::Error, parts.uri.path());
+        let refuse = |refused: ProxyError| {
+            Either::Left(ready(
+                refused.into_answer(CacheOutcome::Error, parts.uri.path()),
+            ))
+        };
         let addressed = match admission.check(parts) {
             Ok(addressed) => addressed,
             Err(refused) => return refuse(refused),
@@ -390,33 +402,58 @@ impl Proxy {
                 return refuse(admission.body_on_cacheable_request());
             }
             drop(body);
-            return self.serve_cacheable(&cx, route).await;
+            return Either::Right(Either::Left(async move {
+                self.serve_cacheable(&cx, route).await
+            }));
         }
         let reason = pass_reason.unwrap_or(PassReason::NoRoute);
-        if let Some(idempotent) = idempotent::applies(parts, route) {
-            return self
-                .idempotent(&cx, idempotent, body, has_body, reason)
-                .await;
-        }
-        let (body, check) = if has_body {
-            admission.limit_body(body)
-        } else {
-            // No body (a GET, usually): one the origin client can resend on retry.
-            (reqwest::Body::from(Bytes::new()), Default::default())
-        };
-        // A body that breaks or grows too large ends the exchange at once:
-        // the origin may be waiting for the rest of it.
-        tokio::select! {
-            relayed = self.pass(&cx, body, has_body, reason) => {
-                if let Some(refused) = admission.body_refusal(&check) {
-                    // Whatever the origin made of the aborted upload is moot.
-                    return refuse(refused);
-                }
-                self.invalidate_after_unsafe(&cx, &relayed);
-                relayed
+        Either::Right(Either::Right(
+            self.serve_uncacheable(cx, body, has_body, reason),
+        ))
+    }
+
+    /// Passes the request to the origin (or, on a route that opts in, sends
+    /// it once per Idempotency-Key), for [`dispatch`](Self::dispatch).
+    fn serve_uncacheable<'a, B>(
+        &'a self,
+        cx: RequestContext<'a>,
+        body: B,
+        has_body: bool,
+        reason: PassReason,
+    ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Box::pin(async move {
+            let cx = &cx;
+            if let Some(idempotent) = idempotent::applies(cx.parts, cx.route) {
+                return self
+                    .idempotent(cx, idempotent, body, has_body, reason)
+                    .await;
             }
-            refused = admission.body_refused(&check) => refuse(refused),
-        }
+            let admission = &self.state.admission;
+            let refuse = |refused: ProxyError| refused.into_answer(CacheOutcome::Error, cx.path());
+            let (body, check) = if has_body {
+                admission.limit_body(body)
+            } else {
+                // No body (a GET, usually): one the origin client can resend on retry.
+                (reqwest::Body::from(Bytes::new()), Default::default())
+            };
+            // A body that breaks or grows too large ends the exchange at once:
+            // the origin may be waiting for the rest of it.
+            tokio::select! {
+                relayed = self.pass(cx, body, has_body, reason) => {
+                    if let Some(refused) = admission.body_refusal(&check) {
+                        // Whatever the origin made of the aborted upload is moot.
+                        return refuse(refused);
+                    }
+                    self.invalidate_after_unsafe(cx, &relayed);
+                    relayed
+                }
+                refused = admission.body_refused(&check) => refuse(refused),
+            }
+        })
     }
 }
 
