@@ -284,7 +284,7 @@ async fn serve_connection<H, F, B>(
     listener: Arc<Listener<H>>,
     stream: TcpStream,
     client: SocketAddr,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
     _open: OpenConnection,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
@@ -292,8 +292,29 @@ async fn serve_connection<H, F, B>(
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Some(acceptor) = &listener.tls else {
+    if listener.tls.is_none() {
         return serve_http(listener, stream, client, stopped).await;
+    }
+    // Boxed: laid out inline, the handshake and the TLS stream's state would
+    // sit in every plaintext connection's task too (about 3 KiB each).
+    Box::pin(serve_tls(listener, stream, client, stopped)).await;
+}
+
+/// Completes the TLS handshake (bounded by the header timeout), then serves
+/// HTTP on the decrypted stream.
+async fn serve_tls<H, F, B>(
+    listener: Arc<Listener<H>>,
+    stream: TcpStream,
+    client: SocketAddr,
+    mut stopped: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some(acceptor) = &listener.tls else {
+        return;
     };
     let timeout = listener.limits.header_read_timeout;
     let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
@@ -339,13 +360,14 @@ async fn serve_http<H, F, B, S>(
         service_fn(move |request: Request<Incoming>| {
             let in_progress = RequestInProgress::start(Arc::clone(&activity), request.version());
             let response = (listener.handler)(request, client);
-            async move {
-                let response = response.await;
+            // A map, not an async block: hyper boxes this future per
+            // connection, and a block would hold the handler's future twice.
+            futures_util::FutureExt::map(response, move |response| {
                 Ok::<_, Infallible>(response.map(|body| WatchedBody {
                     body,
                     _in_progress: in_progress,
                 }))
-            }
+            })
         })
     };
     let Listener {
