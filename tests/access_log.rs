@@ -15,9 +15,21 @@ use tokio::sync::mpsc;
 /// Longest wait for any one line from the child.
 const WITHIN: Duration = Duration::from_secs(20);
 
+/// The corral child, killed if a failing test leaves it running.
+struct Corral(Child);
+
+impl Drop for Corral {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The corral binary in front of `origin` on a free port, logging at info in
 /// `format`, and its stderr lines as they come.
-fn spawn(origin: &MockOrigin, format: &str) -> (Child, mpsc::UnboundedReceiver<String>) {
+fn spawn(origin: &MockOrigin, format: &str) -> (Corral, mpsc::UnboundedReceiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
         .args(["--origin", &origin.url(), "--ttl", "60s"])
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
@@ -36,7 +48,7 @@ fn spawn(origin: &MockOrigin, format: &str) -> (Child, mpsc::UnboundedReceiver<S
             }
         }
     });
-    (child, received)
+    (Corral(child), received)
 }
 
 /// Reads lines until one contains `needle`; returns every line read.
@@ -77,7 +89,7 @@ fn listen_address(lines: &[String]) -> String {
 async fn miss_hit_stop(format: &str) -> Vec<String> {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/p", Reply::ok("hello"));
-    let (mut child, mut lines) = spawn(&origin, format);
+    let (mut corral, mut lines) = spawn(&origin, format);
     let mut seen = read_until(&mut lines, "corral is serving").await;
     let address = listen_address(&seen);
     let client = support::client();
@@ -92,14 +104,14 @@ async fn miss_hit_stop(format: &str) -> Vec<String> {
     }
     assert_eq!(origin.hits(), 1);
     let stopped = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &corral.0.id().to_string()])
         .status()
         .expect("run kill");
     assert!(stopped.success());
     while let Ok(Some(line)) = tokio::time::timeout(WITHIN, lines.recv()).await {
         seen.push(line);
     }
-    let status = child.wait().expect("corral exits");
+    let status = corral.0.wait().expect("corral exits");
     assert!(status.success(), "{status:?}");
     seen
 }
