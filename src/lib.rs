@@ -154,10 +154,7 @@ impl Corral {
             self.limits.clone(),
             ListenerMetrics::of(proxy.metrics()),
             self.tls.server.as_ref().map(|tls| tls.acceptor()),
-            move |request, client| {
-                let proxy = proxy.clone();
-                async move { proxy.handle(request, client).await }
-            },
+            move |request, client| proxy.clone().serve(request, client),
             wait_stop(stopped.clone()),
         );
         let admin_handler = Admin::new(self.proxy.clone(), self.reloader.clone());

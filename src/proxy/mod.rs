@@ -314,8 +314,39 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        self.clone().serve(request, client).await
+    }
+
+    /// [`Proxy::handle`] as a future that owns everything it needs, for a
+    /// listener to run per request. The request is taken apart before the
+    /// future is made, so the future holds its parts once: a parked
+    /// request's memory is what waiting needs, not two copies of its head.
+    pub fn serve<B>(
+        self,
+        request: Request<B>,
+        client: SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
+        self.answer(parts, body, client, started)
+    }
+
+    /// The request's whole path, from its taken-apart head to its response.
+    async fn answer<B>(
+        self,
+        parts: Parts,
+        body: B,
+        client: SocketAddr,
+        started: Instant,
+    ) -> Response<ProxyBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let settings = self.state.settings.load_full();
         let matched = settings.table.find(parts.uri.path());
         let route_metrics = matched.map_or(&settings.unmatched, |(index, _)| {
