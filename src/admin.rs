@@ -89,7 +89,6 @@ impl Admin {
 
     fn metrics(&self) -> Response<Full<Bytes>> {
         let cache = self.proxy.cache();
-        cache.run_pending_tasks();
         let metrics = self.proxy.metrics();
         metrics
             .cache_entries

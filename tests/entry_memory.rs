@@ -102,7 +102,6 @@ fn a_cached_object_costs_what_the_budget_charges_and_little_more_than_it_stores(
         let key = CacheKey::new("127.0.0.1:27100", &format!("/obj/{n}"));
         cache.insert(key, Arc::new(entry), &HeaderMap::new());
     }
-    cache.run_pending_tasks();
     let live = (LIVE.load(Ordering::Relaxed) - before) as f64 / OBJECTS as f64;
     let charged = cache.weighted_size() as f64 / OBJECTS as f64;
     eprintln!(

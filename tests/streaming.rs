@@ -351,7 +351,6 @@ async fn broken_body_fails_every_reader(framing: Framing, h2: bool) {
         }
     }
     assert_eq!(origin.hits(), 1, "{framing:?} h2={h2}: one origin request");
-    corral.proxy.cache().run_pending_tasks();
     assert_eq!(corral.proxy.cache().entry_count(), 0, "nothing stored");
     origin.healed.store(true, Ordering::SeqCst);
     let next = support::get(&stream_client(), &url).await;
@@ -404,11 +403,7 @@ async fn a_follower_that_never_reads_holds_up_neither_the_others_nor_the_store()
         assert!(read.clean && read.len == object.len(), "{read:?}");
     }
     let cache = corral.proxy.cache().clone();
-    support::wait_until("the fill is stored", WITHIN, || {
-        cache.run_pending_tasks();
-        cache.entry_count() == 1
-    })
-    .await;
+    support::wait_until("the fill is stored", WITHIN, || cache.entry_count() == 1).await;
     let hit = support::get(&client, &url).await;
     assert!(hit.cache_status.contains("; hit"), "{hit:?}");
     assert_eq!(origin.hits(), 1);

@@ -91,7 +91,6 @@ async fn an_answer_that_may_not_be_shared_never_reaches_the_shared_tier() {
     for path in ["/me", "/cookie"] {
         get(a, path).await;
     }
-    cache.run_pending_tasks();
     assert_eq!(cache.entry_count(), 0);
     assert_eq!(origin.hits(), 2);
 }

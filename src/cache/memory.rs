@@ -194,12 +194,7 @@ impl HotCache {
             EntryAction::Retain(())
         });
         match found {
-            EntryResult::Vacant(slot) => {
-                if let Some(entry) = pending.take() {
-                    let _ = slot.insert(merged(None, entry));
-                }
-            }
-            EntryResult::Replaced(slot, _) => {
+            EntryResult::Vacant(slot) | EntryResult::Replaced(slot, _) => {
                 if let Some(entry) = pending.take() {
                     let _ = slot.insert(merged(None, entry));
                 }
@@ -280,10 +275,6 @@ impl HotCache {
     pub fn weighted_size(&self) -> u64 {
         self.entries.weight()
     }
-
-    /// Kept for callers that expect pending maintenance to be applied before
-    /// reading the counts: quick_cache applies everything as it goes.
-    pub fn run_pending_tasks(&self) {}
 }
 
 /// Keys recently answered with something unshareable: requests for them go

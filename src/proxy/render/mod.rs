@@ -259,7 +259,7 @@ fn render_entry(
     };
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
-    let mut headers = stored_headers_and(entry, ANSWER_HEADERS);
+    let mut headers = entry.headers.to_map_with_room(ANSWER_HEADERS);
     headers.insert(header::AGE, age);
     if ranged {
         headers.insert(header::ACCEPT_RANGES, accept_bytes());
@@ -271,12 +271,6 @@ fn render_entry(
 /// Headers a rendered entry adds to its stored ones: `Age`,
 /// `Accept-Ranges`, `Cache-Status`.
 const ANSWER_HEADERS: usize = 3;
-
-/// `entry`'s stored headers, in a map sized for `more` besides, so adding
-/// them neither grows nor rehashes it.
-fn stored_headers_and(entry: &CachedResponse, more: usize) -> http::HeaderMap {
-    entry.headers.to_map_with_room(more)
-}
 
 /// A response still arriving from the origin, rendered for a plain GET (no
 /// range, no validators: see [`wants_whole`]): its head with `Cache-Status`,
@@ -347,7 +341,7 @@ fn partial(
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::PARTIAL_CONTENT;
     // Content-Range and Content-Length are the two beyond a 200's.
-    let mut headers = stored_headers_and(entry, ANSWER_HEADERS + 1);
+    let mut headers = entry.headers.to_map_with_room(ANSWER_HEADERS + 1);
     headers.insert(header::AGE, age);
     headers.insert(header::ACCEPT_RANGES, accept_bytes());
     headers.insert(header::CONTENT_RANGE, content_range);
