@@ -413,7 +413,10 @@ enum Escape {
 fn write_quoted(out: &mut Vec<u8>, value: &str, escape: Escape) {
     out.push(b'"');
     let plain = |c: char| c != '"' && c != '\\' && !c.is_control();
-    if value.chars().all(plain) {
+    // Printable ASCII, what nearly every path is, is checked a byte at a
+    // time; anything else is decoded.
+    let printable = |b: &u8| matches!(b, b' '..=b'~') && *b != b'"' && *b != b'\\';
+    if value.as_bytes().iter().all(printable) || value.chars().all(plain) {
         out.extend_from_slice(value.as_bytes());
     } else {
         for c in value.chars() {

@@ -40,11 +40,13 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -381,24 +383,36 @@ async fn serve_http<H, F, B, S>(
     let mut closing = false;
     let mut drop_at: Option<Instant> = None;
     loop {
+        let (watch_stop, watch_timeouts, deadline) = (!closing, drop_at.is_none(), drop_at);
+        let watch = async {
+            tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop), if watch_stop => Watched::Stop,
+                expired = activity.expired(limits), if watch_timeouts => Watched::Expired(expired),
+                () = sleep_until_some(deadline) => Watched::DropNow,
+            }
+        };
+        tokio::pin!(watch);
+        let watch = PolledWhenWoken::new(watch);
         tokio::select! {
+            biased;
             ended = connection.as_mut() => {
                 if let Err(error) = ended {
                     report_connection_error(&*error, client, counters);
                 }
                 return;
             }
-            _ = stopped.wait_for(|stop| *stop), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            expired = activity.expired(limits), if drop_at.is_none() => match expired {
-                Expired::HeaderTimeout => {
+            watched = watch => match watched {
+                Watched::Stop => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Watched::Expired(Expired::HeaderTimeout) => {
                     counters.count(ClientLimit::HeaderTimeout);
                     tracing::debug!(%client, timeout = ?limits.header_read_timeout, "request head not received in time; dropping the connection");
                     return;
                 }
-                Expired::Idle => {
+                Watched::Expired(Expired::Idle) => {
                     counters.count(ClientLimit::Idle);
                     tracing::debug!(%client, timeout = ?limits.idle_timeout, "closing idle connection");
                     if !closing {
@@ -407,12 +421,81 @@ async fn serve_http<H, F, B, S>(
                     }
                     drop_at = Some(Instant::now() + limits.header_read_timeout);
                 }
+                Watched::DropNow => {
+                    tracing::debug!(%client, "idle connection did not close in time; dropping it");
+                    return;
+                }
             },
-            () = sleep_until_some(drop_at) => {
-                tracing::debug!(%client, "idle connection did not close in time; dropping it");
-                return;
-            }
         }
+    }
+}
+
+/// What a connection's watchdog saw.
+enum Watched {
+    /// The server is stopping.
+    Stop,
+    /// A timeout ran out.
+    Expired(Expired),
+    /// A connection shut down for idleness did not close in time.
+    DropNow,
+}
+
+/// Polls its future only when that future asked to be woken (and once at
+/// the start), whatever else woke the task. A connection's task is woken once
+/// or twice per request by its socket; polling the watchdog's branches each
+/// time (the shutdown signal's registration, the timer) cost about as much
+/// as the rest of the connection's own bookkeeping.
+struct PolledWhenWoken<F> {
+    future: F,
+    wake: Arc<WatchWake>,
+    waker: Waker,
+}
+
+/// The waker [`PolledWhenWoken`] gives its future: it notes the wake-up and
+/// passes it on to the task.
+struct WatchWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WatchWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future + Unpin> PolledWhenWoken<F> {
+    fn new(future: F) -> PolledWhenWoken<F> {
+        let wake = Arc::new(WatchWake {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(Arc::clone(&wake));
+        PolledWhenWoken {
+            future,
+            wake,
+            waker,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for PolledWhenWoken<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        // Registered before the flag is read, so a wake-up landing between
+        // the two still reaches this task.
+        this.wake.task.register(cx.waker());
+        if !this.wake.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.future).poll(&mut Context::from_waker(&this.waker))
     }
 }
 

@@ -20,6 +20,13 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 /// What corral appends to `Via` in both directions (RFC 9110 §7.6.3).
 pub const VIA_CORRAL: &str = "1.1 corral";
 
+/// Whether `headers` has a line named any of `names`: one walk over its
+/// names. A request carries a handful of lines, so this costs less than a
+/// hashed lookup per name, and a hit asks several such questions.
+pub fn contains_any(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|key| names.contains(key))
+}
+
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1)
 /// nor stored (RFC 9111 §3.1: the proxy authentication fields too).
 const HOP_BY_HOP: [HeaderName; 9] = [

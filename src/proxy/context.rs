@@ -65,15 +65,13 @@ pub(super) fn request_directives(
     headers: &HeaderMap,
     policy: ClientNoCache,
 ) -> Option<RequestDirectives> {
-    (headers.contains_key(header::CACHE_CONTROL) || headers.contains_key(header::PRAGMA)).then(
-        || {
-            let directives = RequestDirectives::from_headers(headers);
-            match policy {
-                ClientNoCache::Honour => directives,
-                ClientNoCache::Ignore => directives.without_origin_forcing(),
-            }
-        },
-    )
+    crate::http::contains_any(headers, &[header::CACHE_CONTROL, header::PRAGMA]).then(|| {
+        let directives = RequestDirectives::from_headers(headers);
+        match policy {
+            ClientNoCache::Honour => directives,
+            ClientNoCache::Ignore => directives.without_origin_forcing(),
+        }
+    })
 }
 
 /// The origin time limits `route` overrides.
@@ -89,12 +87,15 @@ pub(super) fn route_timeouts(route: &Route) -> TimeoutOverrides {
 /// Whether the request head announces content: a non-zero `Content-Length`
 /// or any `Transfer-Encoding` (HTTP/2 bodies show in the body's end-of-stream).
 pub(super) fn declares_content(parts: &Parts) -> bool {
-    parts.headers.contains_key(header::TRANSFER_ENCODING)
+    crate::http::contains_any(
+        &parts.headers,
+        &[header::TRANSFER_ENCODING, header::CONTENT_LENGTH],
+    ) && (parts.headers.contains_key(header::TRANSFER_ENCODING)
         || parts
             .headers
             .get_all(header::CONTENT_LENGTH)
             .iter()
-            .any(|length| length.as_bytes().iter().any(|b| *b != b'0'))
+            .any(|length| length.as_bytes().iter().any(|b| *b != b'0')))
 }
 
 /// The host a request addressed: the URI authority (HTTP/2, absolute form) or `Host`.

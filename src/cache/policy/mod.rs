@@ -749,7 +749,7 @@ pub fn request_pass_reason(method: &Method, headers: &HeaderMap) -> Option<PassR
     if method != Method::GET && method != Method::HEAD {
         return Some(PassReason::Method);
     }
-    if headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE) {
+    if crate::http::contains_any(headers, &[header::AUTHORIZATION, header::COOKIE]) {
         return Some(PassReason::Credentials);
     }
     None

@@ -354,6 +354,38 @@ struct HostPort<'a> {
     port: Option<u16>,
 }
 
+/// The bytes a `reg-name` may hold besides a percent-encoding (RFC 3986
+/// §3.2.2: unreserved and sub-delims), as a table: every request's `Host`
+/// is checked against it, byte by byte.
+static REG_NAME: [bool; 256] = {
+    let mut allowed = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        allowed[b] = c.is_ascii_alphanumeric() || {
+            matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+        };
+        b += 1;
+    }
+    allowed
+};
+
 /// Reads `text` as `host[:port]` (RFC 3986 §3.2.2 and §3.2.3, as RFC 9110
 /// §7.2 uses them for `Host`), without allocating: every request's `Host`
 /// passes here. The host is a non-empty reg-name (unreserved, sub-delims and
@@ -366,32 +398,15 @@ fn host_port(text: &str) -> Option<HostPort<'_>> {
         let ipv6 = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
         (!literal.is_empty() && literal.bytes().all(ipv6)).then_some(close + 1)?
     } else {
-        let end = text.find(':').unwrap_or(text.len());
-        let reg_name = &text.as_bytes()[..end];
-        let valid = reg_name.iter().enumerate().all(|(at, &b)| match b {
-            b'%' => reg_name
-                .get(at + 1..at + 3)
-                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)),
-            _ => {
-                b.is_ascii_alphanumeric()
-                    || matches!(
-                        b,
-                        b'-' | b'.'
-                            | b'_'
-                            | b'~'
-                            | b'!'
-                            | b'$'
-                            | b'&'
-                            | b'\''
-                            | b'('
-                            | b')'
-                            | b'*'
-                            | b'+'
-                            | b','
-                            | b';'
-                            | b'='
-                    )
-            }
+        let bytes = text.as_bytes();
+        let end = bytes.iter().position(|&b| b == b':').unwrap_or(bytes.len());
+        let reg_name = &bytes[..end];
+        let valid = reg_name.iter().enumerate().all(|(at, &b)| {
+            REG_NAME[usize::from(b)]
+                || (b == b'%'
+                    && reg_name
+                        .get(at + 1..at + 3)
+                        .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
         });
         (end > 0 && valid).then_some(end)?
     };

@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use tokio::time::Instant;
@@ -17,8 +17,8 @@ use super::body::{BoxError, ProxyBody};
 use super::fill::StreamingAnswer;
 use crate::cache::CachedResponse;
 use crate::cache::policy::{self, PassReason};
-use crate::http::CACHE_STATUS;
 use crate::http::range::{self, ByteRange, Ranges};
+use crate::http::{CACHE_STATUS, contains_any};
 use crate::logging::{AccessEntry, LogSink};
 use crate::metrics::CacheStatusLabel;
 
@@ -105,12 +105,25 @@ impl Answer {
 
     /// [`Answer::new`] with `ours`, `status`'s member already rendered.
     fn with_member(
-        mut response: Response<ProxyBody>,
+        response: Response<ProxyBody>,
         status: CacheStatus,
         ours: HeaderValue,
     ) -> Answer {
+        let upstream = response.headers().contains_key(&CACHE_STATUS);
+        Answer::with_member_after(response, status, ours, upstream)
+    }
+
+    /// [`Answer::with_member`] for a caller that knows whether `response`
+    /// carries upstream `Cache-Status` lines (`upstream`), as a stored entry's
+    /// few lines tell more cheaply than its map.
+    fn with_member_after(
+        mut response: Response<ProxyBody>,
+        status: CacheStatus,
+        ours: HeaderValue,
+        upstream: bool,
+    ) -> Answer {
         let headers = response.headers_mut();
-        let value = if headers.contains_key(&CACHE_STATUS) {
+        let value = if upstream {
             after_upstream(headers, &ours)
         } else {
             ours
@@ -215,12 +228,12 @@ fn render_entry(
     age: HeaderValue,
 ) -> Answer {
     let request = &parts.headers;
-    let conditional = request.contains_key(header::IF_NONE_MATCH)
-        || request.contains_key(header::IF_MODIFIED_SINCE);
     // Conditional and range requests read the stored validators through a
-    // map; a plain hit never builds one for that.
-    let stored =
-        (conditional || request.contains_key(header::RANGE)).then(|| entry.headers.to_map());
+    // map; a plain hit, most of them, asks once and never builds one.
+    let stored = contains_any(request, &WHOLE_AFFECTING).then(|| entry.headers.to_map());
+    let conditional = stored.is_some()
+        && (request.contains_key(header::IF_NONE_MATCH)
+            || request.contains_key(header::IF_MODIFIED_SINCE));
     if let Some(stored) = stored.as_ref().filter(|_| conditional)
         && policy::client_not_modified(request, entry.status, stored, entry.timing.received_at)
     {
@@ -265,7 +278,8 @@ fn render_entry(
         headers.insert(header::ACCEPT_RANGES, accept_bytes());
     }
     *response.headers_mut() = headers;
-    Answer::with_member(response, status, ours)
+    let upstream = entry.headers.contains_key(&CACHE_STATUS);
+    Answer::with_member_after(response, status, ours, upstream)
 }
 
 /// Headers a rendered entry adds to its stored ones: `Age`,
@@ -301,12 +315,16 @@ pub fn from_stream(streaming: &StreamingAnswer, status: CacheStatus) -> Option<A
 /// answered from the complete response ([`from_entry`]), not from a body
 /// still arriving.
 pub fn wants_whole(parts: &Parts) -> bool {
-    let request = &parts.headers;
-    parts.method != Method::GET
-        || request.contains_key(header::RANGE)
-        || request.contains_key(header::IF_NONE_MATCH)
-        || request.contains_key(header::IF_MODIFIED_SINCE)
+    parts.method != Method::GET || contains_any(&parts.headers, &WHOLE_AFFECTING)
 }
+
+/// The request fields that make an answer other than the whole stored
+/// response: a range, or validators to match.
+const WHOLE_AFFECTING: [HeaderName; 3] = [
+    header::RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+];
 
 /// `Accept-Ranges: bytes`: corral answers byte ranges of stored 200s.
 fn accept_bytes() -> HeaderValue {
