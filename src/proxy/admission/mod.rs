@@ -161,7 +161,8 @@ impl Admission {
             self.counters.count(ClientLimit::Method);
             return Err(ProxyError::ConnectRefused);
         }
-        let addressed = addressed_authority(parts).map_err(|reason| {
+        let head = HeadLines::read(parts);
+        let addressed = addressed_by(parts, &head).map_err(|reason| {
             self.counters.count(ClientLimit::Malformed);
             ProxyError::BadRequest(reason)
         })?;
@@ -174,7 +175,7 @@ impl Admission {
             self.counters.count(ClientLimit::Host);
             return Err(ProxyError::MisdirectedRequest);
         }
-        let size = head_size(parts);
+        let size = head.size;
         if size > self.max_header_size {
             self.counters.count(ClientLimit::HeaderSize);
             return Err(ProxyError::HeadersTooLarge {
@@ -182,7 +183,9 @@ impl Admission {
                 limit: self.max_header_size,
             });
         }
-        if declared_length(parts).is_some_and(|length| length > self.max_request_body) {
+        if head.content_length
+            && declared_length(parts).is_some_and(|length| length > self.max_request_body)
+        {
             self.counters.count(ClientLimit::BodySize);
             return Err(ProxyError::BodyTooLarge {
                 limit: self.max_request_body,
@@ -296,16 +299,24 @@ impl Admission {
     }
 }
 
+/// [`addressed_by`] for a head not yet read.
+#[cfg(test)]
+fn addressed_authority(parts: &Parts) -> Result<Option<&str>, &'static str> {
+    addressed_by(parts, &HeadLines::read(parts))
+}
+
 /// The authority a request addressed, validated (RFC 9112 §3.2 and §3.2.2,
 /// RFC 9113 §8.3.1): an absolute-form target's or HTTP/2's `:authority`, else
-/// the one `Host`. `None` only for HTTP/1.0 without `Host`.
-fn addressed_authority(parts: &Parts) -> Result<Option<&str>, &'static str> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+/// the one `Host` (from the lines `head` found). `None` only for HTTP/1.0
+/// without `Host`.
+fn addressed_by<'a>(
+    parts: &'a Parts,
+    head: &HeadLines<'a>,
+) -> Result<Option<&'a str>, &'static str> {
+    if head.more_hosts {
         return Err("more than one Host header");
     }
-    let host = match host {
+    let host = match head.host {
         Some(value) => Some(
             value
                 .to_str()
@@ -424,16 +435,43 @@ fn host_port(text: &str) -> Option<HostPort<'_>> {
     Some(HostPort { host, port })
 }
 
-/// The size of the request head as it was (about) sent in HTTP/1.1.
-fn head_size(parts: &Parts) -> u64 {
-    let uri = &parts.uri;
-    let target = uri.scheme_str().map_or(0, |s| s.len() + "://".len())
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-    let line = (parts.method.as_str().len() + target) as u64 + REQUEST_LINE_OVERHEAD;
-    parts.headers.iter().fold(line, |size, (name, value)| {
-        size + name.as_str().len() as u64 + value.len() as u64 + HEADER_LINE_OVERHEAD
-    })
+/// What admission reads off a request's header lines, in one walk over
+/// them rather than a lookup per field.
+struct HeadLines<'a> {
+    /// What the head would take on the wire (request line and header lines),
+    /// the size `max_header_size` bounds.
+    size: u64,
+    /// The first `Host` line.
+    host: Option<&'a HeaderValue>,
+    /// Whether another `Host` line followed it.
+    more_hosts: bool,
+    /// Whether a `Content-Length` line is there.
+    content_length: bool,
+}
+
+impl<'a> HeadLines<'a> {
+    fn read(parts: &'a Parts) -> HeadLines<'a> {
+        let uri = &parts.uri;
+        let target = uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+            + uri.authority().map_or(0, |a| a.as_str().len())
+            + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+        let mut head = HeadLines {
+            size: (parts.method.as_str().len() + target) as u64 + REQUEST_LINE_OVERHEAD,
+            host: None,
+            more_hosts: false,
+            content_length: false,
+        };
+        for (name, value) in &parts.headers {
+            head.size += name.as_str().len() as u64 + value.len() as u64 + HEADER_LINE_OVERHEAD;
+            if name == header::HOST {
+                head.more_hosts |= head.host.is_some();
+                head.host.get_or_insert(value);
+            } else if name == header::CONTENT_LENGTH {
+                head.content_length = true;
+            }
+        }
+        head
+    }
 }
 
 /// The body length the client announced, if it announced a valid one.

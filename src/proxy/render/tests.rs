@@ -87,12 +87,21 @@ fn cache_status_names_revalidations_and_stale_reasons() {
 
 /// A stored 200 of `body`, validated by `ETag: "v1"`, fresh for a minute.
 fn stored(status: StatusCode, body: &'static [u8]) -> CachedResponse {
+    stored_typed(status, body, "text/plain")
+}
+
+/// [`stored`] with its `Content-Type`.
+fn stored_typed(
+    status: StatusCode,
+    body: &'static [u8],
+    content_type: &'static str,
+) -> CachedResponse {
     use crate::cache::{Timing, Variant};
     use crate::config::FreshnessPolicy;
     use crate::http::directives::ResponseDirectives;
     let mut headers = http::HeaderMap::new();
     headers.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     headers.insert(
         header::CACHE_CONTROL,
@@ -110,21 +119,25 @@ fn stored(status: StatusCode, body: &'static [u8]) -> CachedResponse {
     )
 }
 
+/// A request for `method` with `headers`, taken apart.
+fn request(method: Method, headers: &[(&'static str, &'static str)]) -> Parts {
+    let mut request = http::Request::builder().method(method).uri("/object");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(()).unwrap().into_parts().0
+}
+
 /// `entry` rendered as a hit for `method` with request `headers`.
 fn render(
     entry: &CachedResponse,
     method: Method,
     headers: &[(&'static str, &'static str)],
 ) -> Answer {
-    let mut request = http::Request::builder().method(method).uri("/object");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let (parts, ()) = request.body(()).unwrap().into_parts();
     from_entry(
         entry,
         CacheStatus::of(CacheOutcome::Hit),
-        &parts,
+        &request(method, headers),
         Instant::now(),
     )
 }
@@ -270,4 +283,75 @@ fn only_stored_200s_answer_ranges() {
     let answer = render(&entry, Method::POST, &[("range", "bytes=0-3")]);
     assert_eq!(answer.response.status(), StatusCode::OK);
     assert_eq!(body_of(&answer), BODY);
+}
+
+/// The head a plain hit copies from its thread's slot is the one rendering
+/// the entry afresh gives, for that entry and that second only.
+#[tokio::test(start_paused = true)]
+async fn a_plain_hit_head_is_the_entrys_own_and_of_this_second() {
+    let entry = Arc::new(stored(StatusCode::OK, BODY));
+    let get = request(Method::GET, &[]);
+    let first = hit(&entry, &get, Instant::now());
+    assert_eq!(header_of(&first, "age"), Some("0"));
+    assert_eq!(
+        header_of(&first, "cache-status"),
+        Some("corral; hit; ttl=60")
+    );
+    assert_eq!(body_of(&first), BODY);
+    // The same lines as the path that builds them one by one, Cache-Status
+    // aside (that path is given no ttl here).
+    let built = render(&entry, Method::GET, &[]);
+    let without_status = |answer: &Answer| {
+        let mut headers = answer.response.headers().clone();
+        headers.remove("cache-status");
+        headers
+    };
+    assert_eq!(without_status(&first), without_status(&built));
+    let again = hit(&entry, &get, Instant::now());
+    assert_eq!(again.response.headers(), first.response.headers());
+
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    let later = hit(&entry, &get, Instant::now());
+    assert_eq!(header_of(&later, "age"), Some("2"));
+    assert_eq!(
+        header_of(&later, "cache-status"),
+        Some("corral; hit; ttl=58")
+    );
+
+    // HEAD shares the head, not the body.
+    let head = hit(&entry, &request(Method::HEAD, &[]), Instant::now());
+    assert_eq!(head.response.headers(), later.response.headers());
+    assert_eq!(body_of(&head), b"");
+
+    // Another entry, hit in the same second, gets its own lines: never the
+    // head kept for the first, whichever slot it falls in.
+    let other = Arc::new(stored_typed(StatusCode::OK, BODY, "application/json"));
+    let answer = hit(&other, &get, Instant::now());
+    assert_eq!(header_of(&answer, "content-type"), Some("application/json"));
+    assert_eq!(
+        header_of(&hit(&entry, &get, Instant::now()), "content-type"),
+        Some("text/plain")
+    );
+}
+
+/// A conditional or ranged hit never takes the plain head: it is answered
+/// from the stored validators and body.
+#[tokio::test(start_paused = true)]
+async fn conditional_and_ranged_hits_are_rendered_from_the_entry() {
+    let entry = Arc::new(stored(StatusCode::OK, BODY));
+    let plain = hit(&entry, &request(Method::GET, &[]), Instant::now());
+    assert_eq!(plain.response.status(), StatusCode::OK);
+    let matched = hit(
+        &entry,
+        &request(Method::GET, &[("if-none-match", "\"v1\"")]),
+        Instant::now(),
+    );
+    assert_eq!(matched.response.status(), StatusCode::NOT_MODIFIED);
+    let ranged = hit(
+        &entry,
+        &request(Method::GET, &[("range", "bytes=0-3")]),
+        Instant::now(),
+    );
+    assert_eq!(ranged.response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body_of(&ranged), b"0123");
 }
