@@ -45,31 +45,37 @@ enum Next {
 }
 
 impl Proxy {
-    /// GET or HEAD on a caching route: hit, serve stale while revalidating,
-    /// follow, or lead a fetch.
-    pub(super) async fn serve_cacheable(&self, cx: &RequestContext<'_>, route: &Route) -> Answer {
-        let state = &self.state;
-        let (parts, key) = (cx.parts, &cx.key);
-        let wishes = cx.wishes();
+    /// GET or HEAD on a caching route, answered from the cache when it can
+    /// be at once: a fresh hit, or a stale answer while it is revalidated in
+    /// the background. Otherwise `Err` hands over the variant it found, fresh
+    /// or not, for [`Proxy::miss`].
+    ///
+    /// Synchronous, so a hit is answered before any future exists for it.
+    pub(super) fn answer_from_cache(
+        &self,
+        cx: &RequestContext<'_>,
+        route: &Route,
+    ) -> Result<Answer, Option<Arc<CachedResponse>>> {
+        let parts = cx.parts;
         let now = Instant::now();
         // The variant this request selects, fresh or not: looked up once
         // here, and once more by a leader (a flight may have landed between).
-        let stored = state.cache.select(key, &parts.headers);
+        let stored = self.state.cache.select(&cx.key, &parts.headers);
         if let Some(entry) = &stored {
-            match entry.reuse(now, wishes, &route.freshness) {
-                Reuse::Fresh => return render::hit(entry, parts, now),
+            match entry.reuse(now, cx.wishes(), &route.freshness) {
+                Reuse::Fresh => return Ok(render::hit(entry, parts, now)),
                 Reuse::Stale {
                     may_serve_while_revalidate: true,
                     ..
                 } => {
                     self.refresh_in_background(cx, entry, route);
                     let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::WhileRevalidate));
-                    return render::from_entry(entry, status, parts, now);
+                    return Ok(render::from_entry(entry, status, parts, now));
                 }
                 Reuse::Stale { .. } => {}
             }
         }
-        self.miss(cx, route, stored).await
+        Err(stored)
     }
 
     /// A request the cache could not answer as it is: refused when the
@@ -83,7 +89,7 @@ impl Proxy {
     /// ([`Proxy::answer_flight`]) is boxed when it wakes, and the timer for a
     /// slow origin's stale answer exists only when there is one. (An async
     /// block rather than an `async fn`, whose arguments would be stored twice.)
-    fn miss<'a>(
+    pub(super) fn miss<'a>(
         &'a self,
         cx: &'a RequestContext<'a>,
         route: &'a Route,

@@ -433,9 +433,12 @@ impl Proxy {
                 return refuse(admission.body_on_cacheable_request());
             }
             drop(body);
-            return Either::Right(Either::Left(async move {
-                self.serve_cacheable(&cx, route).await
-            }));
+            return match self.answer_from_cache(&cx, route) {
+                Ok(answer) => Either::Left(ready(answer)),
+                Err(stored) => Either::Right(Either::Left(async move {
+                    self.miss(&cx, route, stored).await
+                })),
+            };
         }
         let reason = pass_reason.unwrap_or(PassReason::NoRoute);
         Either::Right(Either::Right(

@@ -227,10 +227,22 @@ impl HitHead {
         })
     }
 
+    /// The head, its values copied for this thread alone. A stored entry's
+    /// values share one reference count with its body, and the `Age` and
+    /// `Cache-Status` tables are shared by every thread: cloning them on
+    /// each hit of a hot key would have every core write the same few cache
+    /// lines. Copied here, a clone counts references only this thread uses.
     fn render(entry: &CachedResponse, age: u64, ttl: u64, status: CacheStatus) -> HeaderMap {
         let ours = rendered_once(&HIT_STATUS_VALUES, ttl, |_| status.header());
         let age = rendered_once(&AGE_VALUES, age, HeaderValue::from);
-        whole_head(entry, age, entry.status == StatusCode::OK, ours)
+        let mut head = whole_head(entry, age, entry.status == StatusCode::OK, ours);
+        for value in head.values_mut() {
+            if let Ok(mut own) = HeaderValue::from_bytes(value.as_bytes()) {
+                own.set_sensitive(value.is_sensitive());
+                *value = own;
+            }
+        }
+        head
     }
 }
 
