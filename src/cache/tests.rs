@@ -223,10 +223,14 @@ fn purge_matches_paths_exactly_or_by_prefix_across_hosts() {
 fn weight_counts_key_headers_and_body() {
     let stored = entry(&[0; 100], Duration::ZERO);
     let key = key("/k");
-    let one = variants_weight(&key, &[Arc::clone(&stored)]);
-    let two = variants_weight(&key, &[Arc::clone(&stored), Arc::clone(&stored)]);
-    // A second variant costs its entry and its slot in the list.
-    assert_eq!(two - one, (stored.weight() + size_of::<usize>()) as u64);
+    let one = variants_weight(&key, &Variants::One(Arc::clone(&stored)));
+    let two = variants_weight(
+        &key,
+        &Variants::new(Arc::clone(&stored), vec![Arc::clone(&stored)]),
+    );
+    // A second variant costs its entry and a list: an `Arc` (48-byte chunk)
+    // around two pointers (32).
+    assert_eq!(two - one, (stored.weight() + 48 + 32) as u64);
     assert!(stored.weight() > 100, "the body and the entry itself");
 }
 
