@@ -3,6 +3,9 @@
 //! its variant was chosen by, and its versioned wire form ([`super::wire`]) for
 //! tiers beyond this process.
 
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -75,10 +78,10 @@ pub struct CachedResponse {
     /// Status the origin answered with.
     pub status: StatusCode,
     /// End-to-end headers as they will be sent: hop-by-hop removed, `Via`
-    /// added, `Corral-Cache-Control` (corral's own) removed.
+    /// added, `Corral-Cache-Control` (corral's own) kept apart, so clients
+    /// never see it but [`CachedResponse::origin_headers`] can merge a 304
+    /// with it. Their block holds the body too ([`CachedResponse::body`]).
     pub headers: StoredHeaders,
-    /// The whole body; never a truncated one.
-    pub body: Bytes,
     /// The request header values this variant was selected by (from `Vary`).
     pub variant: Variant,
     /// The cache directives of the field that governs the response.
@@ -97,107 +100,276 @@ pub struct CachedResponse {
     /// Until when it may be needed: freshness, plus the longest stale window
     /// that may apply, plus [`EVICTION_GRACE`]. The cache drops it afterwards.
     pub keep_until: Instant,
-    /// The `Corral-Cache-Control` lines it came with, kept apart from
-    /// `headers` so clients never see them but a 304 can be merged with them.
-    corral_cache_control: Vec<HeaderValue>,
 }
 
-/// A stored response's header lines, in the order they arrived, in one
-/// exact-size allocation (plus one per value): a `HeaderMap` spends about
-/// 110 bytes on each of at least six slots and an index besides, several
-/// times what a typical cached response's headers hold. Lookups are linear,
-/// which for the dozen lines a response carries is as fast as hashing; a
-/// hit builds the `HeaderMap` it sends anyway.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A stored response's header lines, in the order they arrived: each line's
+/// name, and its value as a range of one shared, exact-size block.
+///
+/// A `HeaderMap` spends about 110 bytes on each of at least six slots and an
+/// index besides; a `(HeaderName, HeaderValue)` pair is 72 bytes, 32 of them
+/// the value's own `Bytes` handle. A line here is 40 bytes, and every value
+/// (and, in a [`CachedResponse`], the body ahead of them) lives in one
+/// allocation with one reference count. Lookups are linear, which for the
+/// dozen lines a response carries is as fast as hashing; a hit builds the
+/// `HeaderMap` it sends anyway ([`StoredHeaders::to_map_with_room`]), sharing
+/// the block rather than copying it.
+///
+/// Lines may be kept hidden: stored with the others but never returned by
+/// the methods that read the headers as they are sent (an entry's
+/// `Corral-Cache-Control`).
+#[derive(Clone, Default)]
 pub struct StoredHeaders {
-    lines: Box<[(HeaderName, HeaderValue)]>,
+    /// The shown lines, then the hidden ones.
+    lines: Box<[Line]>,
+    /// Any leading bytes (an entry's body), then every line's value, in order.
+    block: Bytes,
+    /// How many of `lines` are shown.
+    shown: u32,
+}
+
+/// One stored header line.
+#[derive(Debug, Clone)]
+struct Line {
+    name: HeaderName,
+    /// Where its value ends in the block, counted from the first value's
+    /// start; it starts where the line before it ends.
+    end: u32,
+    /// Whether its value was marked sensitive (kept out of HPACK tables).
+    sensitive: bool,
+    /// Whether its name is an allocation of this line's own rather than one
+    /// of the [`SHARED_NAMES`].
+    own_name: bool,
+}
+
+/// Header names stored entries share. An origin sends the same few names it
+/// invented (`x-request-id`, `server-timing`, …) on every response, and each
+/// stored copy of one would take an allocation of its own and, once shared
+/// with a `HeaderMap`, a reference count: 64 bytes for a 12-byte name, on every
+/// entry. Kept here, each name is stored once for all of them. Bounded in
+/// number and length (at most about 200 KiB, outside the cache's byte budget);
+/// names beyond it are stored per entry, and charged to it.
+static SHARED_NAMES: LazyLock<Mutex<HashSet<HeaderName>>> =
+    LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// Most names [`SHARED_NAMES`] keeps.
+const SHARED_NAMES_MAX: usize = 1024;
+
+/// Longest name [`SHARED_NAMES`] keeps.
+const SHARED_NAME_MAX_LEN: usize = 64;
+
+/// `name` as the shared copy, and whether the caller keeps an allocation of
+/// its own instead (the table is full or the name too long for it).
+fn share_name(names: &mut HashSet<HeaderName>, name: &HeaderName) -> (HeaderName, bool) {
+    if let Some(shared) = names.get(name) {
+        return (shared.clone(), false);
+    }
+    if names.len() >= SHARED_NAMES_MAX || name.as_str().len() > SHARED_NAME_MAX_LEN {
+        return (name.clone(), true);
+    }
+    // A fresh exact-size copy: the caller's may be a slice of a larger buffer.
+    let shared = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+    names.insert(shared.clone());
+    (shared, false)
+}
+
+/// Whether `HeaderValue::from_maybe_shared` accepts `bytes` (http's rule,
+/// the same as httparse's: tab, space, visible ASCII and obs-text). Every
+/// value a `HeaderValue` held passes; checking when storing means a stored
+/// line always rebuilds into a value.
+fn valid_value(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
 }
 
 impl StoredHeaders {
-    /// The lines of `headers`, in order, each value copied into its own
-    /// exact-size allocation ([`detach`]'s reason).
-    ///
-    /// The values are slices of one block holding them all: one allocation
-    /// (and one reference count) for every value instead of one each.
+    /// The lines of `headers`, in order, their values copied into one
+    /// exact-size block: never into the buffer they were read from, which
+    /// each entry would otherwise keep alive (8 KiB or more), unseen by the
+    /// byte budget.
     pub fn detached(headers: &HeaderMap) -> StoredHeaders {
-        let mut block = Vec::with_capacity(headers.values().map(HeaderValue::len).sum());
-        for value in headers.values() {
-            block.extend_from_slice(value.as_bytes());
-        }
-        let block = Bytes::from(block);
-        let mut start = 0;
-        let lines = headers
-            .iter()
-            .map(|(name, value)| {
-                let end = start + value.len();
-                let slice = block.slice(start..end);
-                start = end;
-                // The same bytes the value held, so the same validation passes.
-                let mut stored =
-                    HeaderValue::from_maybe_shared(slice).unwrap_or_else(|_| detach_value(value));
-                stored.set_sensitive(value.is_sensitive());
-                (name.clone(), stored)
-            })
-            .collect();
-        StoredHeaders { lines }
+        StoredHeaders::with_leading(Bytes::new(), headers, None)
     }
 
-    /// Heap bytes its lines take: the line array and the value block (names
-    /// are counted by their length: standard ones take nothing, others an
-    /// allocation of their own, and a response carries both kinds).
+    /// The lines of `headers` (those named `hidden` kept hidden, after the
+    /// others), their values in one exact-size block after `leading`.
+    /// `leading`'s own allocation is reused, grown to make room, when nothing
+    /// else holds it; otherwise it is copied, once.
+    fn with_leading(
+        leading: Bytes,
+        headers: &HeaderMap,
+        hidden: Option<&HeaderName>,
+    ) -> StoredHeaders {
+        let is_hidden = |name: &HeaderName| hidden.is_some_and(|hidden| hidden == name);
+        // Values hyper parsed always pass; a line whose value would not
+        // rebuild is not stored.
+        let lines = || {
+            headers
+                .iter()
+                .filter(|(name, _)| !is_hidden(name))
+                .chain(headers.iter().filter(|(name, _)| is_hidden(name)))
+                .filter(|(_, value)| valid_value(value.as_bytes()))
+        };
+        // Offsets are four bytes: a head of 4 GiB cannot arrive, and one
+        // built by hand keeps the lines that fit.
+        let (mut count, mut values_len) = (0, 0usize);
+        for (_, value) in lines() {
+            match values_len.checked_add(value.len()) {
+                Some(total) if u32::try_from(total).is_ok() => values_len = total,
+                _ => break,
+            }
+            count += 1;
+        }
+        let needed = leading.len() + values_len;
+        let mut block = if leading.is_unique() {
+            Vec::from(leading)
+        } else {
+            let mut copy = Vec::with_capacity(needed);
+            copy.extend_from_slice(&leading);
+            copy
+        };
+        block.reserve_exact(needed.saturating_sub(block.len()));
+        let values_start = block.len();
+        let mut names = SHARED_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shown = 0;
+        let lines = lines()
+            .take(count)
+            .map(|(name, value)| {
+                block.extend_from_slice(value.as_bytes());
+                shown += u32::from(!is_hidden(name));
+                let (name, own_name) = share_name(&mut names, name);
+                Line {
+                    name,
+                    end: u32::try_from(block.len() - values_start).unwrap_or(u32::MAX),
+                    sensitive: value.is_sensitive(),
+                    own_name,
+                }
+            })
+            .collect();
+        drop(names);
+        // A reused `leading` may have had room to spare, which nothing would use.
+        block.shrink_to_fit();
+        let block = Bytes::from(block);
+        // The first slice of an exact-size `Bytes` allocates its reference
+        // count; taking it now keeps the cost (the entry's weight) the same
+        // before and after its first hit.
+        drop(block.clone());
+        StoredHeaders {
+            lines,
+            block,
+            shown,
+        }
+    }
+
+    /// Where the values start in the block: after the leading bytes.
+    fn values_start(&self) -> usize {
+        let values = self.lines.last().map_or(0, |line| line.end as usize);
+        self.block.len().saturating_sub(values)
+    }
+
+    /// The bytes stored ahead of the values (an entry's body), shared.
+    fn leading(&self) -> Bytes {
+        self.block.slice(..self.values_start())
+    }
+
+    /// Every line with where its value lies in the block.
+    fn ranges(&self) -> impl Iterator<Item = (&Line, Range<usize>)> {
+        let base = self.values_start();
+        let mut start = base;
+        self.lines.iter().map(move |line| {
+            let end = base + line.end as usize;
+            let range = start..end;
+            start = end;
+            (line, range)
+        })
+    }
+
+    /// The value of `line`, at `range`: a slice of the block, not a copy.
+    fn value(&self, line: &Line, range: Range<usize>) -> Option<HeaderValue> {
+        if range.start > range.end || range.end > self.block.len() {
+            return None;
+        }
+        // Checked when stored, so this always succeeds: a scan of the
+        // bytes, no copy.
+        let mut value = HeaderValue::from_maybe_shared(self.block.slice(range)).ok()?;
+        value.set_sensitive(line.sensitive);
+        Some(value)
+    }
+
+    /// The shown lines, with their values' ranges.
+    fn shown_lines(&self) -> impl Iterator<Item = (&Line, Range<usize>)> {
+        self.ranges().take(self.shown as usize)
+    }
+
+    /// The hidden lines, in order.
+    fn hidden(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> {
+        self.ranges()
+            .skip(self.shown as usize)
+            .filter_map(|(line, range)| Some((&line.name, self.value(line, range)?)))
+    }
+    /// Number of hidden lines.
+    fn hidden_len(&self) -> usize {
+        self.lines.len().saturating_sub(self.shown as usize)
+    }
+
+    /// Heap bytes it takes: the line array, the block (leading bytes
+    /// included) with its reference count, and the names it does not share
+    /// (a standard name takes nothing, but one is kept apart only when the
+    /// shared names are full, and is charged as another name would be).
     pub fn heap_size(&self) -> usize {
-        let values: usize = self.lines.iter().map(|(_, value)| value.len()).sum();
-        let names: usize = self.lines.iter().map(|(name, _)| name.as_str().len()).sum();
-        let block = if values == 0 {
+        let block = if self.block.is_empty() {
             0
         } else {
-            malloc_chunk(values) + SHARED_BYTES_HEADER
+            malloc_chunk(self.block.len()) + SHARED_BYTES_HEADER
         };
+        let names: usize = self
+            .lines
+            .iter()
+            .filter(|line| line.own_name)
+            .map(|line| malloc_chunk(line.name.as_str().len()) + SHARED_BYTES_HEADER)
+            .sum();
         malloc_chunk(std::mem::size_of_val(&*self.lines)) + block + names
     }
 
-    /// Every line, in order; a field with several lines yields each.
-    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.lines.iter().map(|(name, value)| (name, value))
+    /// Every line, in order; a field with several lines yields each. Values
+    /// share the block.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> {
+        self.shown_lines()
+            .filter_map(|(line, range)| Some((&line.name, self.value(line, range)?)))
     }
 
     /// Number of lines.
     pub fn len(&self) -> usize {
-        self.lines.len()
+        self.shown as usize
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        self.shown == 0
     }
 
     /// The first line of field `name`.
-    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.lines
-            .iter()
-            .find(|(line, _)| line == name)
-            .map(|(_, value)| value)
+    pub fn get(&self, name: &HeaderName) -> Option<HeaderValue> {
+        self.get_all(name).next()
     }
 
     /// Every line of field `name`, in order.
-    pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue> {
-        self.lines
-            .iter()
-            .filter(move |(line, _)| line == name)
-            .map(|(_, value)| value)
+    pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = HeaderValue> + 'a {
+        self.shown_lines()
+            .filter(move |(line, _)| line.name == name)
+            .filter_map(|(line, range)| self.value(line, range))
     }
 
     /// Whether field `name` is present.
     pub fn contains_key(&self, name: &HeaderName) -> bool {
-        self.lines.iter().any(|(line, _)| line == name)
+        self.shown_lines().any(|(line, _)| line.name == name)
     }
 
     /// The lines as a `HeaderMap` sized for `more` lines besides, so adding
-    /// them neither grows nor rehashes it. Values are shared, not copied.
+    /// them neither grows nor rehashes it. Values share the block, not
+    /// copied; names are cloned, never parsed.
     pub fn to_map_with_room(&self, more: usize) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.lines.len() + more);
-        for (name, value) in self.lines.iter() {
-            map.append(name.clone(), value.clone());
+        let mut map = HeaderMap::with_capacity(self.len() + more);
+        for (name, value) in self.iter() {
+            map.append(name.clone(), value);
         }
         map
     }
@@ -209,10 +381,35 @@ impl StoredHeaders {
 
     /// Bytes its lines hold: names and values.
     pub fn content_len(&self) -> usize {
-        self.lines
-            .iter()
+        self.iter()
             .map(|(name, value)| name.as_str().len() + value.len())
             .sum()
+    }
+}
+
+impl PartialEq for StoredHeaders {
+    /// The same lines, hidden ones included, in the same order, with the same
+    /// values and sensitivity; whatever else their blocks hold is not compared.
+    fn eq(&self, other: &StoredHeaders) -> bool {
+        fn lines(
+            headers: &StoredHeaders,
+        ) -> impl Iterator<Item = (&HeaderName, bool, Option<&[u8]>)> {
+            headers
+                .ranges()
+                .map(|(line, range)| (&line.name, line.sensitive, headers.block.get(range)))
+        }
+        self.shown == other.shown && lines(self).eq(lines(other))
+    }
+}
+
+impl Eq for StoredHeaders {}
+
+impl std::fmt::Debug for StoredHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.iter())
+            .entries(self.hidden())
+            .finish()
     }
 }
 
@@ -242,10 +439,10 @@ impl CachedResponse {
     /// its governing field holds (parsed once, by the caller's verdict),
     /// computing its lifetime (under `policy`), initial age, validator and how
     /// long it must be kept. `headers` are the origin's end-to-end headers;
-    /// `Corral-Cache-Control` is taken out of them here, and their values are
-    /// copied out of any read buffer they point into. `body` must already own
-    /// exactly its bytes (not be a slice of a larger buffer): whoever joins
-    /// the body's chunks makes that copy, once.
+    /// `Corral-Cache-Control` is kept apart from the others. The body and the
+    /// header values are copied into one exact-size allocation (the body's
+    /// own, grown, when nothing else holds it): an entry never keeps a read
+    /// buffer or a larger body alive.
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
@@ -274,8 +471,8 @@ impl CachedResponse {
     }
 
     /// The entry `stored` becomes, arrived at `timing`, `lifetime` fresh and
-    /// `initial_age` old on arrival: when it goes stale and when it may be
-    /// reclaimed, its validator, and its `Corral-Cache-Control` kept apart.
+    /// `initial_age` old on arrival: when it may be reclaimed, its validator,
+    /// and its `Corral-Cache-Control` kept apart.
     fn assemble(
         stored: Stored,
         timing: Timing,
@@ -300,24 +497,10 @@ impl CachedResponse {
             )
             .unwrap_or(fresh_until);
         let has_validator = policy::has_validator(&headers);
-        // The first clone of an exact-size body allocates its reference
-        // count; taking it now keeps the entry's cost (its weight) the same
-        // before and after its first hit.
-        drop(body.clone());
-        let mut headers = headers;
-        let corral_cache_control = match headers.entry(&CORRAL_CACHE_CONTROL) {
-            http::header::Entry::Occupied(lines) => lines
-                .remove_entry_mult()
-                .1
-                .map(|v| detach_value(&v))
-                .collect(),
-            http::header::Entry::Vacant(_) => Vec::new(),
-        };
-        let headers = StoredHeaders::detached(&headers);
+        let headers = StoredHeaders::with_leading(body, &headers, Some(&CORRAL_CACHE_CONTROL));
         CachedResponse {
             status,
             headers,
-            body,
             variant,
             directives,
             lifetime,
@@ -326,8 +509,18 @@ impl CachedResponse {
             fresh_until,
             has_validator,
             keep_until,
-            corral_cache_control,
         }
+    }
+
+    /// The whole body (never a truncated one), shared with the entry: a
+    /// reference count, not a copy.
+    pub fn body(&self) -> Bytes {
+        self.headers.leading()
+    }
+
+    /// The body's length, without sharing it.
+    pub fn body_len(&self) -> usize {
+        self.headers.values_start()
     }
 
     /// Its wire form ([`super::wire`]): everything another process needs to
@@ -344,7 +537,7 @@ impl CachedResponse {
             stale_if_error,
             status: self.status,
             headers: self.origin_headers(),
-            body: self.body.clone(),
+            body: self.body(),
             variant: self.variant.to_wire(),
         }
     }
@@ -391,11 +584,9 @@ impl CachedResponse {
     /// comparing validators with a 304 and merging it in: one copy, which the
     /// caller then owns ([`policy::freshen_headers`] merges into it).
     pub fn origin_headers(&self) -> HeaderMap {
-        let mut headers = self
-            .headers
-            .to_map_with_room(self.corral_cache_control.len());
-        for line in &self.corral_cache_control {
-            headers.append(CORRAL_CACHE_CONTROL.clone(), line.clone());
+        let mut headers = self.headers.to_map_with_room(self.headers.hidden_len());
+        for (name, value) in self.headers.hidden() {
+            headers.append(name.clone(), value);
         }
         headers
     }
@@ -456,23 +647,13 @@ impl CachedResponse {
     }
 
     /// Bytes this entry is charged for in the cache budget: what it really
-    /// takes from the allocator (its own allocation, the body's, the
-    /// headers' and the selecting values'), checked by `tests/entry_memory.rs`.
+    /// takes from the allocator (its own allocation behind the `Arc`, the
+    /// block holding its body and header values, its line array, the names
+    /// it does not share, and the selecting values), checked by
+    /// `tests/entry_memory.rs`.
     pub fn weight(&self) -> usize {
-        let body = if self.body.is_empty() {
-            0
-        } else {
-            malloc_chunk(self.body.len()) + SHARED_BYTES_HEADER
-        };
         let own = malloc_chunk(std::mem::size_of::<CachedResponse>() + 2 * size_of::<usize>());
-        let corral_cache_control =
-            malloc_chunk(self.corral_cache_control.capacity() * size_of::<HeaderValue>())
-                + self
-                    .corral_cache_control
-                    .iter()
-                    .map(|v| malloc_chunk(v.len()))
-                    .sum::<usize>();
-        own + body + self.headers.heap_size() + corral_cache_control + self.variant.heap_size()
+        own + self.headers.heap_size() + self.variant.heap_size()
     }
 }
 

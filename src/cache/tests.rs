@@ -51,7 +51,7 @@ fn stored_header_values_never_point_into_the_read_buffer() {
     headers.insert("x-slice", value.clone());
     let detached = StoredHeaders::detached(&headers);
     let stored = detached.get(&HeaderName::from_static("x-slice")).unwrap();
-    assert_eq!(stored, &value);
+    assert_eq!(stored, value);
     let buffer = read_buffer.as_ptr_range();
     assert!(!buffer.contains(&stored.as_bytes().as_ptr()));
 }
@@ -298,21 +298,21 @@ fn variants_are_kept_apart_and_replaced_per_selection() {
     cache.insert(key("/k"), variant_for("en", b"en-1"), &language("en"));
     cache.insert(key("/k"), variant_for("fr", b"fr-1"), &language("fr"));
     assert_eq!(
-        cache.select(&key("/k"), &language("en")).unwrap().body,
+        cache.select(&key("/k"), &language("en")).unwrap().body(),
         "en-1"
     );
     assert_eq!(
-        cache.select(&key("/k"), &language("fr")).unwrap().body,
+        cache.select(&key("/k"), &language("fr")).unwrap().body(),
         "fr-1"
     );
     assert!(cache.select(&key("/k"), &language("de")).is_none());
     cache.insert(key("/k"), variant_for("en", b"en-2"), &language("en"));
     assert_eq!(cache.variant_count(&key("/k")), 2);
     assert_eq!(
-        cache.select(&key("/k"), &language("en")).unwrap().body,
+        cache.select(&key("/k"), &language("en")).unwrap().body(),
         "en-2"
     );
-    assert_eq!(cache.get(&key("/k")).unwrap().body, "en-2");
+    assert_eq!(cache.get(&key("/k")).unwrap().body(), "en-2");
 }
 
 #[test]
@@ -400,7 +400,7 @@ async fn an_entry_crosses_the_wire_and_is_judged_as_it_was() {
     let wall = stored.timing.received_at + Duration::from_secs(12);
     let restored = CachedResponse::from_wire(decoded, &policy, now, wall);
     assert_eq!(restored.status, stored.status);
-    assert_eq!(restored.body, stored.body);
+    assert_eq!(restored.body(), stored.body());
     assert_eq!(restored.headers, stored.headers);
     assert_eq!(restored.origin_headers(), stored.origin_headers());
     assert_eq!(restored.lifetime, stored.lifetime);
