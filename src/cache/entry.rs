@@ -16,7 +16,9 @@ use tokio::time::Instant;
 use super::policy::{self, Lifetime, LifetimeSource, Reuse};
 use super::wire::{WireEntry, WireSelecting};
 use crate::config::FreshnessPolicy;
-use crate::http::directives::{CORRAL_CACHE_CONTROL, RequestDirectives, ResponseDirectives};
+use crate::http::directives::{
+    CORRAL_CACHE_CONTROL, FieldScope, RequestDirectives, ResponseDirectives,
+};
 
 /// Extra time an entry stays in memory after it can last be served (its
 /// freshness plus its longest stale window), so in-flight readers, a breaker
@@ -73,10 +75,15 @@ impl Timing {
 /// A complete, shareable response and everything about its freshness,
 /// computed once when it was stored. Immutable: readers clone the `Arc`; a
 /// revalidation stores a new one.
+///
+/// Laid out for size: a cached object is typically small, so what an entry
+/// spends besides its body decides how many fit in the budget
+/// (`tests/entry_memory.rs` holds it to 1.5 times what it stores). The body
+/// and every header value share one exact-size allocation, the directives are
+/// kept only as far as reuse reads them, and the instant it stops being fresh
+/// is derived rather than stored.
 #[derive(Debug)]
 pub struct CachedResponse {
-    /// Status the origin answered with.
-    pub status: StatusCode,
     /// End-to-end headers as they will be sent: hop-by-hop removed, `Via`
     /// added, `Corral-Cache-Control` (corral's own) kept apart, so clients
     /// never see it but [`CachedResponse::origin_headers`] can merge a 304
@@ -84,22 +91,95 @@ pub struct CachedResponse {
     pub headers: StoredHeaders,
     /// The request header values this variant was selected by (from `Vary`).
     pub variant: Variant,
-    /// The cache directives of the field that governs the response.
-    pub directives: ResponseDirectives,
-    /// Its freshness lifetime and the rule that produced it.
-    pub lifetime: Lifetime,
-    /// When it arrived.
-    pub timing: Timing,
-    /// Its age when it arrived (`corrected_initial_age`).
-    pub initial_age: Duration,
-    /// Until when it is fresh (local clock).
-    pub fresh_until: Instant,
-    /// Whether it carries a validator, so it can be revalidated with a
-    /// conditional request.
-    pub has_validator: bool,
     /// Until when it may be needed: freshness, plus the longest stale window
     /// that may apply, plus [`EVICTION_GRACE`]. The cache drops it afterwards.
     pub keep_until: Instant,
+    /// How long it is fresh ([`Lifetime::duration`]), in nanoseconds: eight
+    /// bytes where a `Duration` takes sixteen, and a lifetime is at most 2^31
+    /// seconds.
+    lifetime_nanos: u64,
+    /// Its age when it arrived (`corrected_initial_age`), in nanoseconds,
+    /// saturating some 584 years on: an age counts as 2^31 seconds at most
+    /// ([`policy::current_age`]), so that changes nothing.
+    initial_age_nanos: u64,
+    /// When its head arrived (local clock): its age grows from here.
+    response_time: Instant,
+    /// When its head arrived (wall clock), in whole seconds ([`Timing`]).
+    received_at: SystemTime,
+    /// What reuse reads of the directives of the field that governs it.
+    rules: ReuseRules,
+    /// Status the origin answered with.
+    pub status: StatusCode,
+    /// Whether it carries a validator, so it can be revalidated with a
+    /// conditional request.
+    pub has_validator: bool,
+    /// The rule its lifetime came from ([`Lifetime::source`]).
+    lifetime_source: LifetimeSource,
+}
+
+/// The part of a response's directives that reuse and its stale windows read
+/// ([`policy::reuse`], [`stale_windows`]): 12 bytes instead of
+/// [`ResponseDirectives`]' 120. The others decided whether it could be stored
+/// and how long it is fresh, and the entry keeps those results instead.
+#[derive(Debug, Clone, Copy)]
+struct ReuseRules {
+    stale_while_revalidate: Window,
+    stale_if_error: Window,
+    /// `no-cache`, in either form: policy treats both alike.
+    no_cache: bool,
+    must_revalidate: bool,
+    proxy_revalidate: bool,
+    immutable: bool,
+}
+
+impl ReuseRules {
+    fn new(directives: &ResponseDirectives) -> ReuseRules {
+        ReuseRules {
+            stale_while_revalidate: Window::new(directives.stale_while_revalidate),
+            stale_if_error: Window::new(directives.stale_if_error),
+            no_cache: directives.no_cache.is_some(),
+            must_revalidate: directives.must_revalidate,
+            proxy_revalidate: directives.proxy_revalidate,
+            immutable: directives.immutable,
+        }
+    }
+
+    /// Directives that read, for every field reuse and the stale windows
+    /// consult, as the ones the rules were taken from; the other fields are
+    /// left at their defaults. Allocates nothing.
+    fn directives(self) -> ResponseDirectives {
+        ResponseDirectives {
+            stale_while_revalidate: self.stale_while_revalidate.get(),
+            stale_if_error: self.stale_if_error.get(),
+            no_cache: self.no_cache.then_some(FieldScope::Whole),
+            must_revalidate: self.must_revalidate,
+            proxy_revalidate: self.proxy_revalidate,
+            immutable: self.immutable,
+            ..ResponseDirectives::default()
+        }
+    }
+}
+
+/// A stale window in whole seconds, or none. Windows are delta-seconds
+/// ([`ResponseDirectives`]), at most
+/// [`crate::http::directives::DELTA_SECONDS_MAX`] (2^31), so four bytes hold
+/// them, with the largest value meaning "none".
+#[derive(Debug, Clone, Copy)]
+struct Window(u32);
+
+impl Window {
+    const NONE: u32 = u32::MAX;
+
+    fn new(window: Option<Duration>) -> Window {
+        Window(window.map_or(Window::NONE, |window| {
+            u32::try_from(window.as_secs())
+                .map_or(Window::NONE - 1, |secs| secs.min(Window::NONE - 1))
+        }))
+    }
+
+    fn get(self) -> Option<Duration> {
+        (self.0 != Window::NONE).then(|| Duration::from_secs(u64::from(self.0)))
+    }
 }
 
 /// A stored response's header lines, in the order they arrived: each line's
@@ -499,16 +579,17 @@ impl CachedResponse {
         let has_validator = policy::has_validator(&headers);
         let headers = StoredHeaders::with_leading(body, &headers, Some(&CORRAL_CACHE_CONTROL));
         CachedResponse {
-            status,
             headers,
             variant,
-            directives,
-            lifetime,
-            timing,
-            initial_age,
-            fresh_until,
-            has_validator,
             keep_until,
+            lifetime_nanos: nanos(lifetime.duration),
+            initial_age_nanos: nanos(initial_age),
+            response_time: timing.response_time,
+            received_at: timing.received_at,
+            rules: ReuseRules::new(&directives),
+            status,
+            has_validator,
+            lifetime_source: lifetime.source,
         }
     }
 
@@ -523,16 +604,45 @@ impl CachedResponse {
         self.headers.values_start()
     }
 
+    /// Its freshness lifetime and the rule that produced it.
+    pub fn lifetime(&self) -> Lifetime {
+        Lifetime {
+            duration: Duration::from_nanos(self.lifetime_nanos),
+            source: self.lifetime_source,
+        }
+    }
+
+    /// Its age when it arrived (`corrected_initial_age`).
+    pub fn initial_age(&self) -> Duration {
+        Duration::from_nanos(self.initial_age_nanos)
+    }
+
+    /// When its head arrived, on the wall clock, in whole seconds (the
+    /// resolution of the `Date` it is compared with).
+    pub fn received_at(&self) -> SystemTime {
+        self.received_at
+    }
+
+    /// Until when it is fresh (local clock): when its current age reaches
+    /// its lifetime.
+    pub fn fresh_until(&self) -> Instant {
+        policy::fresh_until(
+            self.response_time,
+            self.lifetime().duration,
+            self.initial_age(),
+        )
+    }
+
     /// Its wire form ([`super::wire`]): everything another process needs to
     /// serve it and judge it fresh, with its stale windows as they apply
     /// under `policy` (the route it was stored for).
     pub fn to_wire(&self, policy: &FreshnessPolicy) -> WireEntry {
         let (stale_while_revalidate, stale_if_error) =
-            stale_windows(&self.directives, self.lifetime, policy);
+            stale_windows(&self.rules.directives(), self.lifetime(), policy);
         WireEntry {
-            stored_at: self.timing.received_at,
-            initial_age: self.initial_age,
-            lifetime: self.lifetime.duration,
+            stored_at: self.received_at,
+            initial_age: self.initial_age(),
+            lifetime: self.lifetime().duration,
             stale_while_revalidate,
             stale_if_error,
             status: self.status,
@@ -593,17 +703,18 @@ impl CachedResponse {
 
     /// Whether the entry is fresh at `now` (before any client's wishes).
     pub fn is_fresh(&self, now: Instant) -> bool {
-        now < self.fresh_until
+        now < self.fresh_until()
     }
 
     /// Its `current_age` at `now` (RFC 9111 §4.2.3).
     pub fn current_age(&self, now: Instant) -> Duration {
-        policy::current_age(self.initial_age, self.timing.response_time, now)
+        policy::current_age(self.initial_age(), self.response_time, now)
     }
 
     /// How long past its freshness it is at `now` (zero while fresh).
     pub fn staleness(&self, now: Instant) -> Duration {
-        self.current_age(now).saturating_sub(self.lifetime.duration)
+        self.current_age(now)
+            .saturating_sub(self.lifetime().duration)
     }
 
     /// Whole seconds of age at `now`, for `Age`.
@@ -613,7 +724,7 @@ impl CachedResponse {
 
     /// Whole seconds of freshness left at `now`.
     pub fn ttl_secs(&self, now: Instant) -> u64 {
-        self.fresh_until.saturating_duration_since(now).as_secs()
+        self.fresh_until().saturating_duration_since(now).as_secs()
     }
 
     /// Whether it may answer a request with `request` directives at `now`
@@ -626,8 +737,8 @@ impl CachedResponse {
         policy: &FreshnessPolicy,
     ) -> Reuse {
         policy::reuse(
-            &self.directives,
-            self.lifetime,
+            &self.rules.directives(),
+            self.lifetime(),
             self.current_age(now),
             request,
             policy,
@@ -639,11 +750,11 @@ impl CachedResponse {
     /// origin forbade any stale use (`no-cache`, `must-revalidate`,
     /// `proxy-revalidate`, `s-maxage`; RFC 9111 §4.2.4, §5.2.2.2).
     pub fn may_serve_disconnected(&self) -> bool {
-        let directives = &self.directives;
-        !(directives.no_cache.is_some()
-            || directives.must_revalidate
-            || directives.proxy_revalidate
-            || self.lifetime.source == LifetimeSource::SMaxAge)
+        let rules = &self.rules;
+        !(rules.no_cache
+            || rules.must_revalidate
+            || rules.proxy_revalidate
+            || self.lifetime_source == LifetimeSource::SMaxAge)
     }
 
     /// Bytes this entry is charged for in the cache budget: what it really
@@ -684,6 +795,11 @@ fn stale_windows(
     )
 }
 
+/// `duration` in nanoseconds, saturating (at some 584 years).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// What a stored entry is made of before its freshness is placed on a clock.
 struct Stored {
     status: StatusCode,
@@ -704,7 +820,8 @@ struct Stored {
 /// those bytes.
 #[derive(Debug, Clone, Default)]
 pub struct Variant {
-    selecting: Vec<Selecting>,
+    /// Exact size, and no allocation at all for the usual empty one.
+    selecting: Box<[Selecting]>,
 }
 
 /// One request header a variant was chosen by.
@@ -784,7 +901,7 @@ impl Variant {
                     + s.name.as_str().len()
             })
             .sum();
-        malloc_chunk(self.selecting.capacity() * size_of::<Selecting>()) + lists
+        malloc_chunk(std::mem::size_of_val(&*self.selecting)) + lists
     }
 
     /// Whether `request` selects this variant. Allocates nothing.

@@ -109,7 +109,7 @@ async fn entry_computes_freshness_from_its_headers_once() {
         &FreshnessPolicy::with_ttl(Duration::from_secs(1)),
     );
     // Corral-Cache-Control governs, and is kept away from clients.
-    assert_eq!(stored.lifetime.duration, Duration::from_secs(60));
+    assert_eq!(stored.lifetime().duration, Duration::from_secs(60));
     assert!(!stored.headers.contains_key(&CORRAL_CACHE_CONTROL));
     assert_eq!(
         stored.origin_headers()[&CORRAL_CACHE_CONTROL],
@@ -166,7 +166,7 @@ async fn longest_lifetimes_and_windows_neither_overflow_nor_expire_early() {
         &FreshnessPolicy::with_ttl(Duration::ZERO),
     ));
     assert_eq!(
-        stored.lifetime.duration,
+        stored.lifetime().duration,
         crate::http::directives::DELTA_SECONDS_MAX
     );
     cache.insert(key("/k"), stored, &HeaderMap::new());
@@ -397,14 +397,14 @@ async fn an_entry_crosses_the_wire_and_is_judged_as_it_was() {
     tokio::time::advance(Duration::from_secs(12)).await;
     let decoded = super::wire::decode(&bytes).unwrap();
     let now = Instant::now();
-    let wall = stored.timing.received_at + Duration::from_secs(12);
+    let wall = stored.received_at() + Duration::from_secs(12);
     let restored = CachedResponse::from_wire(decoded, &policy, now, wall);
     assert_eq!(restored.status, stored.status);
     assert_eq!(restored.body(), stored.body());
     assert_eq!(restored.headers, stored.headers);
     assert_eq!(restored.origin_headers(), stored.origin_headers());
-    assert_eq!(restored.lifetime, stored.lifetime);
-    assert_eq!(restored.initial_age, stored.initial_age);
+    assert_eq!(restored.lifetime(), stored.lifetime());
+    assert_eq!(restored.initial_age(), stored.initial_age());
     assert_eq!(restored.age_secs(now), stored.age_secs(now));
     assert_eq!(restored.ttl_secs(now), stored.ttl_secs(now));
     assert_eq!(restored.has_validator, stored.has_validator);

@@ -222,7 +222,7 @@ fn render_entry(
     let stored =
         (conditional || request.contains_key(header::RANGE)).then(|| entry.headers.to_map());
     if let Some(stored) = stored.as_ref().filter(|_| conditional)
-        && policy::client_not_modified(request, entry.status, stored, entry.timing.received_at)
+        && policy::client_not_modified(request, entry.status, stored, entry.received_at())
     {
         let mut response = Response::new(ProxyBody::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
