@@ -246,7 +246,8 @@ fn share_name(names: &mut HashSet<HeaderName>, name: &HeaderName) -> (HeaderName
     if names.len() >= SHARED_NAMES_MAX || name.as_str().len() > SHARED_NAME_MAX_LEN {
         return (name.clone(), true);
     }
-    // A fresh exact-size copy: the caller's may be a slice of a larger buffer.
+    // A copy of its own (a name's bytes are always its own today; this
+    // keeps the table from depending on it).
     let shared = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
     names.insert(shared.clone());
     (shared, false)
