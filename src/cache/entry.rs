@@ -3,6 +3,9 @@
 //! its variant was chosen by, and its versioned wire form ([`super::wire`]) for
 //! tiers beyond this process.
 
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -13,7 +16,9 @@ use tokio::time::Instant;
 use super::policy::{self, Lifetime, LifetimeSource, Reuse};
 use super::wire::{WireEntry, WireSelecting};
 use crate::config::FreshnessPolicy;
-use crate::http::directives::{CORRAL_CACHE_CONTROL, RequestDirectives, ResponseDirectives};
+use crate::http::directives::{
+    CORRAL_CACHE_CONTROL, FieldScope, RequestDirectives, ResponseDirectives,
+};
 
 /// Extra time an entry stays in memory after it can last be served (its
 /// freshness plus its longest stale window), so in-flight readers, a breaker
@@ -70,134 +75,382 @@ impl Timing {
 /// A complete, shareable response and everything about its freshness,
 /// computed once when it was stored. Immutable: readers clone the `Arc`; a
 /// revalidation stores a new one.
+///
+/// Laid out for size: a cached object is typically small, so what an entry
+/// spends besides its body decides how many fit in the budget
+/// (`tests/entry_memory.rs` holds it to 1.5 times what it stores). The body
+/// and every header value share one exact-size allocation, the directives are
+/// kept only as far as reuse reads them, and the instant it stops being fresh
+/// is derived rather than stored.
 #[derive(Debug)]
 pub struct CachedResponse {
-    /// Status the origin answered with.
-    pub status: StatusCode,
     /// End-to-end headers as they will be sent: hop-by-hop removed, `Via`
-    /// added, `Corral-Cache-Control` (corral's own) removed.
+    /// added, `Corral-Cache-Control` (corral's own) kept apart, so clients
+    /// never see it but [`CachedResponse::origin_headers`] can merge a 304
+    /// with it. Their block holds the body too ([`CachedResponse::body`]).
     pub headers: StoredHeaders,
-    /// The whole body; never a truncated one.
-    pub body: Bytes,
     /// The request header values this variant was selected by (from `Vary`).
     pub variant: Variant,
-    /// The cache directives of the field that governs the response.
-    pub directives: ResponseDirectives,
-    /// Its freshness lifetime and the rule that produced it.
-    pub lifetime: Lifetime,
-    /// When it arrived.
-    pub timing: Timing,
-    /// Its age when it arrived (`corrected_initial_age`).
-    pub initial_age: Duration,
-    /// Until when it is fresh (local clock).
-    pub fresh_until: Instant,
-    /// Whether it carries a validator, so it can be revalidated with a
-    /// conditional request.
-    pub has_validator: bool,
     /// Until when it may be needed: freshness, plus the longest stale window
     /// that may apply, plus [`EVICTION_GRACE`]. The cache drops it afterwards.
     pub keep_until: Instant,
-    /// The `Corral-Cache-Control` lines it came with, kept apart from
-    /// `headers` so clients never see them but a 304 can be merged with them.
-    corral_cache_control: Vec<HeaderValue>,
+    /// How long it is fresh ([`Lifetime::duration`]), in nanoseconds: eight
+    /// bytes where a `Duration` takes sixteen, and a lifetime is at most 2^31
+    /// seconds.
+    lifetime_nanos: u64,
+    /// Its age when it arrived (`corrected_initial_age`), in nanoseconds,
+    /// saturating some 584 years on: an age counts as 2^31 seconds at most
+    /// ([`policy::current_age`]), so that changes nothing.
+    initial_age_nanos: u64,
+    /// When its head arrived (local clock): its age grows from here.
+    response_time: Instant,
+    /// When its head arrived (wall clock), in whole seconds ([`Timing`]).
+    received_at: SystemTime,
+    /// What reuse reads of the directives of the field that governs it.
+    rules: ReuseRules,
+    /// Status the origin answered with.
+    pub status: StatusCode,
+    /// Whether it carries a validator, so it can be revalidated with a
+    /// conditional request.
+    pub has_validator: bool,
+    /// The rule its lifetime came from ([`Lifetime::source`]).
+    lifetime_source: LifetimeSource,
 }
 
-/// A stored response's header lines, in the order they arrived, in one
-/// exact-size allocation (plus one per value): a `HeaderMap` spends about
-/// 110 bytes on each of at least six slots and an index besides, several
-/// times what a typical cached response's headers hold. Lookups are linear,
-/// which for the dozen lines a response carries is as fast as hashing; a
-/// hit builds the `HeaderMap` it sends anyway.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The part of a response's directives that reuse and its stale windows read
+/// ([`policy::reuse`], [`stale_windows`]): 12 bytes instead of
+/// [`ResponseDirectives`]' 120. The others decided whether it could be stored
+/// and how long it is fresh, and the entry keeps those results instead.
+#[derive(Debug, Clone, Copy)]
+struct ReuseRules {
+    stale_while_revalidate: Window,
+    stale_if_error: Window,
+    /// `no-cache`, in either form: policy treats both alike.
+    no_cache: bool,
+    must_revalidate: bool,
+    proxy_revalidate: bool,
+    immutable: bool,
+}
+
+impl ReuseRules {
+    fn new(directives: &ResponseDirectives) -> ReuseRules {
+        ReuseRules {
+            stale_while_revalidate: Window::new(directives.stale_while_revalidate),
+            stale_if_error: Window::new(directives.stale_if_error),
+            no_cache: directives.no_cache.is_some(),
+            must_revalidate: directives.must_revalidate,
+            proxy_revalidate: directives.proxy_revalidate,
+            immutable: directives.immutable,
+        }
+    }
+
+    /// Directives that read, for every field reuse and the stale windows
+    /// consult, as the ones the rules were taken from; the other fields are
+    /// left at their defaults. Allocates nothing.
+    fn directives(self) -> ResponseDirectives {
+        ResponseDirectives {
+            stale_while_revalidate: self.stale_while_revalidate.get(),
+            stale_if_error: self.stale_if_error.get(),
+            no_cache: self.no_cache.then_some(FieldScope::Whole),
+            must_revalidate: self.must_revalidate,
+            proxy_revalidate: self.proxy_revalidate,
+            immutable: self.immutable,
+            ..ResponseDirectives::default()
+        }
+    }
+}
+
+/// A stale window in whole seconds, or none. Windows are delta-seconds
+/// ([`ResponseDirectives`]), at most
+/// [`crate::http::directives::DELTA_SECONDS_MAX`] (2^31), so four bytes hold
+/// them, with the largest value meaning "none".
+#[derive(Debug, Clone, Copy)]
+struct Window(u32);
+
+impl Window {
+    const NONE: u32 = u32::MAX;
+
+    fn new(window: Option<Duration>) -> Window {
+        Window(window.map_or(Window::NONE, |window| {
+            u32::try_from(window.as_secs())
+                .map_or(Window::NONE - 1, |secs| secs.min(Window::NONE - 1))
+        }))
+    }
+
+    fn get(self) -> Option<Duration> {
+        (self.0 != Window::NONE).then(|| Duration::from_secs(u64::from(self.0)))
+    }
+}
+
+/// A stored response's header lines, in the order they arrived: each line's
+/// name, and its value as a range of one shared, exact-size block.
+///
+/// A `HeaderMap` spends about 110 bytes on each of at least six slots and an
+/// index besides; a `(HeaderName, HeaderValue)` pair is 72 bytes, 32 of them
+/// the value's own `Bytes` handle. A line here is 40 bytes, and every value
+/// (and, in a [`CachedResponse`], the body ahead of them) lives in one
+/// allocation with one reference count. Lookups are linear, which for the
+/// dozen lines a response carries is as fast as hashing; a hit builds the
+/// `HeaderMap` it sends anyway ([`StoredHeaders::to_map_with_room`]), sharing
+/// the block rather than copying it.
+///
+/// Lines may be kept hidden: stored with the others but never returned by
+/// the methods that read the headers as they are sent (an entry's
+/// `Corral-Cache-Control`).
+#[derive(Clone, Default)]
 pub struct StoredHeaders {
-    lines: Box<[(HeaderName, HeaderValue)]>,
+    /// The shown lines, then the hidden ones.
+    lines: Box<[Line]>,
+    /// Any leading bytes (an entry's body), then every line's value, in order.
+    block: Bytes,
+    /// How many of `lines` are shown.
+    shown: u32,
+}
+
+/// One stored header line.
+#[derive(Debug, Clone)]
+struct Line {
+    name: HeaderName,
+    /// Where its value ends in the block, counted from the first value's
+    /// start; it starts where the line before it ends.
+    end: u32,
+    /// Whether its value was marked sensitive (kept out of HPACK tables).
+    sensitive: bool,
+    /// Whether its name is an allocation of this line's own rather than one
+    /// of the [`SHARED_NAMES`].
+    own_name: bool,
+}
+
+/// Header names stored entries share. An origin sends the same few names it
+/// invented (`x-request-id`, `server-timing`, …) on every response, and each
+/// stored copy of one would take an allocation of its own and, once shared
+/// with a `HeaderMap`, a reference count: 64 bytes for a 12-byte name, on every
+/// entry. Kept here, each name is stored once for all of them. Bounded in
+/// number and length (at most about 200 KiB, outside the cache's byte budget);
+/// names beyond it are stored per entry, and charged to it.
+static SHARED_NAMES: LazyLock<Mutex<HashSet<HeaderName>>> =
+    LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// Most names [`SHARED_NAMES`] keeps.
+const SHARED_NAMES_MAX: usize = 1024;
+
+/// Longest name [`SHARED_NAMES`] keeps.
+const SHARED_NAME_MAX_LEN: usize = 64;
+
+/// `name` as the shared copy, and whether the caller keeps an allocation of
+/// its own instead (the table is full or the name too long for it).
+fn share_name(names: &mut HashSet<HeaderName>, name: &HeaderName) -> (HeaderName, bool) {
+    if let Some(shared) = names.get(name) {
+        return (shared.clone(), false);
+    }
+    if names.len() >= SHARED_NAMES_MAX || name.as_str().len() > SHARED_NAME_MAX_LEN {
+        return (name.clone(), true);
+    }
+    // A copy of its own (a name's bytes are always its own today; this
+    // keeps the table from depending on it).
+    let shared = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+    names.insert(shared.clone());
+    (shared, false)
+}
+
+/// Whether `HeaderValue::from_maybe_shared` accepts `bytes` (http's rule,
+/// the same as httparse's: tab, space, visible ASCII and obs-text). Every
+/// value a `HeaderValue` held passes; checking when storing means a stored
+/// line always rebuilds into a value.
+fn valid_value(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
 }
 
 impl StoredHeaders {
-    /// The lines of `headers`, in order, each value copied into its own
-    /// exact-size allocation ([`detach`]'s reason).
-    ///
-    /// The values are slices of one block holding them all: one allocation
-    /// (and one reference count) for every value instead of one each.
+    /// The lines of `headers`, in order, their values copied into one
+    /// exact-size block: never into the buffer they were read from, which
+    /// each entry would otherwise keep alive (8 KiB or more), unseen by the
+    /// byte budget.
     pub fn detached(headers: &HeaderMap) -> StoredHeaders {
-        let mut block = Vec::with_capacity(headers.values().map(HeaderValue::len).sum());
-        for value in headers.values() {
-            block.extend_from_slice(value.as_bytes());
-        }
-        let block = Bytes::from(block);
-        let mut start = 0;
-        let lines = headers
-            .iter()
-            .map(|(name, value)| {
-                let end = start + value.len();
-                let slice = block.slice(start..end);
-                start = end;
-                // The same bytes the value held, so the same validation passes.
-                let mut stored =
-                    HeaderValue::from_maybe_shared(slice).unwrap_or_else(|_| detach_value(value));
-                stored.set_sensitive(value.is_sensitive());
-                (name.clone(), stored)
-            })
-            .collect();
-        StoredHeaders { lines }
+        StoredHeaders::with_leading(Bytes::new(), headers, None)
     }
 
-    /// Heap bytes its lines take: the line array and the value block (names
-    /// are counted by their length: standard ones take nothing, others an
-    /// allocation of their own, and a response carries both kinds).
+    /// The lines of `headers` (those named `hidden` kept hidden, after the
+    /// others), their values in one exact-size block after `leading`.
+    /// `leading`'s own allocation is reused, grown to make room, when nothing
+    /// else holds it; otherwise it is copied, once.
+    fn with_leading(
+        leading: Bytes,
+        headers: &HeaderMap,
+        hidden: Option<&HeaderName>,
+    ) -> StoredHeaders {
+        let is_hidden = |name: &HeaderName| hidden.is_some_and(|hidden| hidden == name);
+        // Values hyper parsed always pass; a line whose value would not
+        // rebuild is not stored.
+        let lines = || {
+            headers
+                .iter()
+                .filter(|(name, _)| !is_hidden(name))
+                .chain(headers.iter().filter(|(name, _)| is_hidden(name)))
+                .filter(|(_, value)| valid_value(value.as_bytes()))
+        };
+        // Offsets are four bytes: a head of 4 GiB cannot arrive, and one
+        // built by hand keeps the lines that fit.
+        let (mut count, mut values_len) = (0, 0usize);
+        for (_, value) in lines() {
+            match values_len.checked_add(value.len()) {
+                Some(total) if u32::try_from(total).is_ok() => values_len = total,
+                _ => break,
+            }
+            count += 1;
+        }
+        let needed = leading.len() + values_len;
+        let mut block = if leading.is_unique() {
+            Vec::from(leading)
+        } else {
+            let mut copy = Vec::with_capacity(needed);
+            copy.extend_from_slice(&leading);
+            copy
+        };
+        block.reserve_exact(needed.saturating_sub(block.len()));
+        let values_start = block.len();
+        let mut names = SHARED_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shown = 0;
+        let lines = lines()
+            .take(count)
+            .map(|(name, value)| {
+                block.extend_from_slice(value.as_bytes());
+                shown += u32::from(!is_hidden(name));
+                let (name, own_name) = share_name(&mut names, name);
+                Line {
+                    name,
+                    end: u32::try_from(block.len() - values_start).unwrap_or(u32::MAX),
+                    sensitive: value.is_sensitive(),
+                    own_name,
+                }
+            })
+            .collect();
+        drop(names);
+        // A reused `leading` may have had room to spare, which nothing would use.
+        block.shrink_to_fit();
+        let block = Bytes::from(block);
+        // The first slice of an exact-size `Bytes` allocates its reference
+        // count; taking it now keeps the cost (the entry's weight) the same
+        // before and after its first hit.
+        drop(block.clone());
+        StoredHeaders {
+            lines,
+            block,
+            shown,
+        }
+    }
+
+    /// Where the values start in the block: after the leading bytes.
+    fn values_start(&self) -> usize {
+        let values = self.lines.last().map_or(0, |line| line.end as usize);
+        self.block.len().saturating_sub(values)
+    }
+
+    /// The bytes stored ahead of the values (an entry's body), shared.
+    fn leading(&self) -> Bytes {
+        self.block.slice(..self.values_start())
+    }
+
+    /// Every line with where its value lies in the block.
+    fn ranges(&self) -> impl Iterator<Item = (&Line, Range<usize>)> {
+        let base = self.values_start();
+        let mut start = base;
+        self.lines.iter().map(move |line| {
+            let end = base + line.end as usize;
+            let range = start..end;
+            start = end;
+            (line, range)
+        })
+    }
+
+    /// The value of `line`, at `range`: a slice of the block, not a copy.
+    fn value(&self, line: &Line, range: Range<usize>) -> Option<HeaderValue> {
+        if range.start > range.end || range.end > self.block.len() {
+            return None;
+        }
+        // Checked when stored, so this always succeeds: a scan of the
+        // bytes, no copy.
+        let mut value = HeaderValue::from_maybe_shared(self.block.slice(range)).ok()?;
+        value.set_sensitive(line.sensitive);
+        Some(value)
+    }
+
+    /// The shown lines, with their values' ranges.
+    fn shown_lines(&self) -> impl Iterator<Item = (&Line, Range<usize>)> {
+        self.ranges().take(self.shown as usize)
+    }
+
+    /// The hidden lines, in order.
+    fn hidden(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> {
+        self.ranges()
+            .skip(self.shown as usize)
+            .filter_map(|(line, range)| Some((&line.name, self.value(line, range)?)))
+    }
+    /// Number of hidden lines.
+    fn hidden_len(&self) -> usize {
+        self.lines.len().saturating_sub(self.shown as usize)
+    }
+
+    /// Heap bytes it takes: the line array, the block (leading bytes
+    /// included) with its reference count, and the names it does not share
+    /// (a standard name takes nothing, but one is kept apart only when the
+    /// shared names are full, and is charged as another name would be).
     pub fn heap_size(&self) -> usize {
-        let values: usize = self.lines.iter().map(|(_, value)| value.len()).sum();
-        let names: usize = self.lines.iter().map(|(name, _)| name.as_str().len()).sum();
-        let block = if values == 0 {
+        let block = if self.block.is_empty() {
             0
         } else {
-            malloc_chunk(values) + SHARED_BYTES_HEADER
+            malloc_chunk(self.block.len()) + SHARED_BYTES_HEADER
         };
+        let names: usize = self
+            .lines
+            .iter()
+            .filter(|line| line.own_name)
+            .map(|line| malloc_chunk(line.name.as_str().len()) + SHARED_BYTES_HEADER)
+            .sum();
         malloc_chunk(std::mem::size_of_val(&*self.lines)) + block + names
     }
 
-    /// Every line, in order; a field with several lines yields each.
-    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.lines.iter().map(|(name, value)| (name, value))
+    /// Every line, in order; a field with several lines yields each. Values
+    /// share the block.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> {
+        self.shown_lines()
+            .filter_map(|(line, range)| Some((&line.name, self.value(line, range)?)))
     }
 
     /// Number of lines.
     pub fn len(&self) -> usize {
-        self.lines.len()
+        self.shown as usize
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        self.shown == 0
     }
 
     /// The first line of field `name`.
-    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.lines
-            .iter()
-            .find(|(line, _)| line == name)
-            .map(|(_, value)| value)
+    pub fn get(&self, name: &HeaderName) -> Option<HeaderValue> {
+        self.get_all(name).next()
     }
 
     /// Every line of field `name`, in order.
-    pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue> {
-        self.lines
-            .iter()
-            .filter(move |(line, _)| line == name)
-            .map(|(_, value)| value)
+    pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = HeaderValue> + 'a {
+        self.shown_lines()
+            .filter(move |(line, _)| line.name == name)
+            .filter_map(|(line, range)| self.value(line, range))
     }
 
     /// Whether field `name` is present.
     pub fn contains_key(&self, name: &HeaderName) -> bool {
-        self.lines.iter().any(|(line, _)| line == name)
+        self.shown_lines().any(|(line, _)| line.name == name)
     }
 
     /// The lines as a `HeaderMap` sized for `more` lines besides, so adding
-    /// them neither grows nor rehashes it. Values are shared, not copied.
+    /// them neither grows nor rehashes it. Values share the block, not
+    /// copied; names are cloned, never parsed.
     pub fn to_map_with_room(&self, more: usize) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.lines.len() + more);
-        for (name, value) in self.lines.iter() {
-            map.append(name.clone(), value.clone());
+        let mut map = HeaderMap::with_capacity(self.len() + more);
+        for (name, value) in self.iter() {
+            map.append(name.clone(), value);
         }
         map
     }
@@ -209,10 +462,35 @@ impl StoredHeaders {
 
     /// Bytes its lines hold: names and values.
     pub fn content_len(&self) -> usize {
-        self.lines
-            .iter()
+        self.iter()
             .map(|(name, value)| name.as_str().len() + value.len())
             .sum()
+    }
+}
+
+impl PartialEq for StoredHeaders {
+    /// The same lines, hidden ones included, in the same order, with the same
+    /// values and sensitivity; whatever else their blocks hold is not compared.
+    fn eq(&self, other: &StoredHeaders) -> bool {
+        fn lines(
+            headers: &StoredHeaders,
+        ) -> impl Iterator<Item = (&HeaderName, bool, Option<&[u8]>)> {
+            headers
+                .ranges()
+                .map(|(line, range)| (&line.name, line.sensitive, headers.block.get(range)))
+        }
+        self.shown == other.shown && lines(self).eq(lines(other))
+    }
+}
+
+impl Eq for StoredHeaders {}
+
+impl std::fmt::Debug for StoredHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.iter())
+            .entries(self.hidden())
+            .finish()
     }
 }
 
@@ -242,10 +520,10 @@ impl CachedResponse {
     /// its governing field holds (parsed once, by the caller's verdict),
     /// computing its lifetime (under `policy`), initial age, validator and how
     /// long it must be kept. `headers` are the origin's end-to-end headers;
-    /// `Corral-Cache-Control` is taken out of them here, and their values are
-    /// copied out of any read buffer they point into. `body` must already own
-    /// exactly its bytes (not be a slice of a larger buffer): whoever joins
-    /// the body's chunks makes that copy, once.
+    /// `Corral-Cache-Control` is kept apart from the others. The body and the
+    /// header values are copied into one exact-size allocation (the body's
+    /// own, grown, when nothing else holds it): an entry never keeps a read
+    /// buffer or a larger body alive.
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
@@ -274,8 +552,8 @@ impl CachedResponse {
     }
 
     /// The entry `stored` becomes, arrived at `timing`, `lifetime` fresh and
-    /// `initial_age` old on arrival: when it goes stale and when it may be
-    /// reclaimed, its validator, and its `Corral-Cache-Control` kept apart.
+    /// `initial_age` old on arrival: when it may be reclaimed, its validator,
+    /// and its `Corral-Cache-Control` kept apart.
     fn assemble(
         stored: Stored,
         timing: Timing,
@@ -300,34 +578,60 @@ impl CachedResponse {
             )
             .unwrap_or(fresh_until);
         let has_validator = policy::has_validator(&headers);
-        // The first clone of an exact-size body allocates its reference
-        // count; taking it now keeps the entry's cost (its weight) the same
-        // before and after its first hit.
-        drop(body.clone());
-        let mut headers = headers;
-        let corral_cache_control = match headers.entry(&CORRAL_CACHE_CONTROL) {
-            http::header::Entry::Occupied(lines) => lines
-                .remove_entry_mult()
-                .1
-                .map(|v| detach_value(&v))
-                .collect(),
-            http::header::Entry::Vacant(_) => Vec::new(),
-        };
-        let headers = StoredHeaders::detached(&headers);
+        let headers = StoredHeaders::with_leading(body, &headers, Some(&CORRAL_CACHE_CONTROL));
         CachedResponse {
-            status,
             headers,
-            body,
             variant,
-            directives,
-            lifetime,
-            timing,
-            initial_age,
-            fresh_until,
-            has_validator,
             keep_until,
-            corral_cache_control,
+            lifetime_nanos: nanos(lifetime.duration),
+            initial_age_nanos: nanos(initial_age),
+            response_time: timing.response_time,
+            received_at: timing.received_at,
+            rules: ReuseRules::new(&directives),
+            status,
+            has_validator,
+            lifetime_source: lifetime.source,
         }
+    }
+
+    /// The whole body (never a truncated one), shared with the entry: a
+    /// reference count, not a copy.
+    pub fn body(&self) -> Bytes {
+        self.headers.leading()
+    }
+
+    /// The body's length, without sharing it.
+    pub fn body_len(&self) -> usize {
+        self.headers.values_start()
+    }
+
+    /// Its freshness lifetime and the rule that produced it.
+    pub fn lifetime(&self) -> Lifetime {
+        Lifetime {
+            duration: Duration::from_nanos(self.lifetime_nanos),
+            source: self.lifetime_source,
+        }
+    }
+
+    /// Its age when it arrived (`corrected_initial_age`).
+    pub fn initial_age(&self) -> Duration {
+        Duration::from_nanos(self.initial_age_nanos)
+    }
+
+    /// When its head arrived, on the wall clock, in whole seconds (the
+    /// resolution of the `Date` it is compared with).
+    pub fn received_at(&self) -> SystemTime {
+        self.received_at
+    }
+
+    /// Until when it is fresh (local clock): when its current age reaches
+    /// its lifetime.
+    pub fn fresh_until(&self) -> Instant {
+        policy::fresh_until(
+            self.response_time,
+            self.lifetime().duration,
+            self.initial_age(),
+        )
     }
 
     /// Its wire form ([`super::wire`]): everything another process needs to
@@ -335,16 +639,16 @@ impl CachedResponse {
     /// under `policy` (the route it was stored for).
     pub fn to_wire(&self, policy: &FreshnessPolicy) -> WireEntry {
         let (stale_while_revalidate, stale_if_error) =
-            stale_windows(&self.directives, self.lifetime, policy);
+            stale_windows(&self.rules.directives(), self.lifetime(), policy);
         WireEntry {
-            stored_at: self.timing.received_at,
-            initial_age: self.initial_age,
-            lifetime: self.lifetime.duration,
+            stored_at: self.received_at,
+            initial_age: self.initial_age(),
+            lifetime: self.lifetime().duration,
             stale_while_revalidate,
             stale_if_error,
             status: self.status,
             headers: self.origin_headers(),
-            body: self.body.clone(),
+            body: self.body(),
             variant: self.variant.to_wire(),
         }
     }
@@ -391,28 +695,27 @@ impl CachedResponse {
     /// comparing validators with a 304 and merging it in: one copy, which the
     /// caller then owns ([`policy::freshen_headers`] merges into it).
     pub fn origin_headers(&self) -> HeaderMap {
-        let mut headers = self
-            .headers
-            .to_map_with_room(self.corral_cache_control.len());
-        for line in &self.corral_cache_control {
-            headers.append(CORRAL_CACHE_CONTROL.clone(), line.clone());
+        let mut headers = self.headers.to_map_with_room(self.headers.hidden_len());
+        for (name, value) in self.headers.hidden() {
+            headers.append(name.clone(), value);
         }
         headers
     }
 
     /// Whether the entry is fresh at `now` (before any client's wishes).
     pub fn is_fresh(&self, now: Instant) -> bool {
-        now < self.fresh_until
+        now < self.fresh_until()
     }
 
     /// Its `current_age` at `now` (RFC 9111 §4.2.3).
     pub fn current_age(&self, now: Instant) -> Duration {
-        policy::current_age(self.initial_age, self.timing.response_time, now)
+        policy::current_age(self.initial_age(), self.response_time, now)
     }
 
     /// How long past its freshness it is at `now` (zero while fresh).
     pub fn staleness(&self, now: Instant) -> Duration {
-        self.current_age(now).saturating_sub(self.lifetime.duration)
+        self.current_age(now)
+            .saturating_sub(self.lifetime().duration)
     }
 
     /// Whole seconds of age at `now`, for `Age`.
@@ -422,7 +725,7 @@ impl CachedResponse {
 
     /// Whole seconds of freshness left at `now`.
     pub fn ttl_secs(&self, now: Instant) -> u64 {
-        self.fresh_until.saturating_duration_since(now).as_secs()
+        self.fresh_until().saturating_duration_since(now).as_secs()
     }
 
     /// Whether it may answer a request with `request` directives at `now`
@@ -435,8 +738,8 @@ impl CachedResponse {
         policy: &FreshnessPolicy,
     ) -> Reuse {
         policy::reuse(
-            &self.directives,
-            self.lifetime,
+            &self.rules.directives(),
+            self.lifetime(),
             self.current_age(now),
             request,
             policy,
@@ -448,31 +751,21 @@ impl CachedResponse {
     /// origin forbade any stale use (`no-cache`, `must-revalidate`,
     /// `proxy-revalidate`, `s-maxage`; RFC 9111 §4.2.4, §5.2.2.2).
     pub fn may_serve_disconnected(&self) -> bool {
-        let directives = &self.directives;
-        !(directives.no_cache.is_some()
-            || directives.must_revalidate
-            || directives.proxy_revalidate
-            || self.lifetime.source == LifetimeSource::SMaxAge)
+        let rules = &self.rules;
+        !(rules.no_cache
+            || rules.must_revalidate
+            || rules.proxy_revalidate
+            || self.lifetime_source == LifetimeSource::SMaxAge)
     }
 
     /// Bytes this entry is charged for in the cache budget: what it really
-    /// takes from the allocator (its own allocation, the body's, the
-    /// headers' and the selecting values'), checked by `tests/entry_memory.rs`.
+    /// takes from the allocator (its own allocation behind the `Arc`, the
+    /// block holding its body and header values, its line array, the names
+    /// it does not share, and the selecting values), checked by
+    /// `tests/entry_memory.rs`.
     pub fn weight(&self) -> usize {
-        let body = if self.body.is_empty() {
-            0
-        } else {
-            malloc_chunk(self.body.len()) + SHARED_BYTES_HEADER
-        };
         let own = malloc_chunk(std::mem::size_of::<CachedResponse>() + 2 * size_of::<usize>());
-        let corral_cache_control =
-            malloc_chunk(self.corral_cache_control.capacity() * size_of::<HeaderValue>())
-                + self
-                    .corral_cache_control
-                    .iter()
-                    .map(|v| malloc_chunk(v.len()))
-                    .sum::<usize>();
-        own + body + self.headers.heap_size() + corral_cache_control + self.variant.heap_size()
+        own + self.headers.heap_size() + self.variant.heap_size()
     }
 }
 
@@ -503,6 +796,11 @@ fn stale_windows(
     )
 }
 
+/// `duration` in nanoseconds, saturating (at some 584 years).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// What a stored entry is made of before its freshness is placed on a clock.
 struct Stored {
     status: StatusCode,
@@ -523,7 +821,8 @@ struct Stored {
 /// those bytes.
 #[derive(Debug, Clone, Default)]
 pub struct Variant {
-    selecting: Vec<Selecting>,
+    /// Exact size, and no allocation at all for the usual empty one.
+    selecting: Box<[Selecting]>,
 }
 
 /// One request header a variant was chosen by.
@@ -603,7 +902,7 @@ impl Variant {
                     + s.name.as_str().len()
             })
             .sum();
-        malloc_chunk(self.selecting.capacity() * size_of::<Selecting>()) + lists
+        malloc_chunk(std::mem::size_of_val(&*self.selecting)) + lists
     }
 
     /// Whether `request` selects this variant. Allocates nothing.

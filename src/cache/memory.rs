@@ -29,28 +29,78 @@ use quick_cache::sync::{EntryAction, EntryResult};
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use tokio::time::Instant;
 
-use super::entry::CachedResponse;
+use super::entry::{CachedResponse, malloc_chunk};
 use super::key::CacheKey;
 
-/// The stored variants of one URL, most recently stored first.
-pub(super) type Variants = Arc<[Arc<CachedResponse>]>;
+/// The stored variants of one URL, most recently stored first. Most URLs
+/// have one, held as it is: a list would be an allocation (32 bytes) more
+/// per URL, and a wider slot besides.
+#[derive(Clone)]
+pub(super) enum Variants {
+    /// The only variant.
+    One(Arc<CachedResponse>),
+    /// Two or more, in one exact-size list behind one pointer, so the slot
+    /// stays as narrow as for [`Variants::One`].
+    Many(Arc<Box<[Arc<CachedResponse>]>>),
+}
+
+impl Variants {
+    /// `first` followed by `rest`.
+    pub(super) fn new(first: Arc<CachedResponse>, rest: Vec<Arc<CachedResponse>>) -> Variants {
+        if rest.is_empty() {
+            return Variants::One(first);
+        }
+        let list: Box<[_]> = std::iter::once(first).chain(rest).collect();
+        Variants::Many(Arc::new(list))
+    }
+
+    /// The variants, most recently stored first.
+    pub(super) fn as_slice(&self) -> &[Arc<CachedResponse>] {
+        match self {
+            Variants::One(entry) => std::slice::from_ref(entry),
+            Variants::Many(list) => list,
+        }
+    }
+
+    /// Whether `self` and `other` are the same stored value (not merely
+    /// equal ones).
+    fn same(&self, other: &Variants) -> bool {
+        match (self, other) {
+            (Variants::One(a), Variants::One(b)) => Arc::ptr_eq(a, b),
+            (Variants::Many(a), Variants::Many(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Heap bytes the list itself takes besides its entries: none for one
+    /// variant; for more, the `Arc` and the exact-size slice it points to.
+    fn list_size(&self) -> usize {
+        match self {
+            Variants::One(_) => 0,
+            Variants::Many(list) => {
+                malloc_chunk(size_of::<Box<[Arc<CachedResponse>]>>() + 2 * size_of::<usize>())
+                    + malloc_chunk(std::mem::size_of_val(&**list))
+            }
+        }
+    }
+}
 
 /// Bytes one URL's variants are charged for: each entry's own weight, the
-/// key's, and what the cache spends on the slot that holds them.
-pub(super) fn variants_weight(key: &CacheKey, variants: &[Arc<CachedResponse>]) -> u64 {
-    let entries: usize = variants.iter().map(|e| e.weight()).sum();
-    let slot = SLOT_OVERHEAD + key.heap_size() + variants.len() * size_of::<usize>();
+/// key's, the list's, and what the cache spends on the slot that holds them.
+pub(super) fn variants_weight(key: &CacheKey, variants: &Variants) -> u64 {
+    let entries: usize = variants.as_slice().iter().map(|e| e.weight()).sum();
+    let slot = SLOT_OVERHEAD + key.heap_size() + variants.list_size();
     u64::try_from(entries + slot).unwrap_or(u64::MAX)
 }
 
-/// What the cache spends per URL beyond its entries and its key's own
-/// heap bytes: the slab slot, its index and ghost share, and the variant
-/// list's allocation (measured by `tests/entry_memory.rs`).
-const SLOT_OVERHEAD: usize = 112;
+/// What the cache spends per URL beyond its entries, its key's own heap
+/// bytes and its variant list: the slab slot, its index and ghost share
+/// (measured by `tests/entry_memory.rs`).
+const SLOT_OVERHEAD: usize = 80;
 
 /// Whether one of `variants` may still be served at `now`.
-fn servable(variants: &[Arc<CachedResponse>], now: Instant) -> bool {
-    variants.iter().any(|e| e.keep_until > now)
+fn servable(variants: &Variants, now: Instant) -> bool {
+    variants.as_slice().iter().any(|e| e.keep_until > now)
 }
 
 #[derive(Clone)]
@@ -143,7 +193,7 @@ impl HotCache {
             return Some(variants);
         }
         self.entries
-            .remove_if(key, |current| Arc::ptr_eq(current, &variants));
+            .remove_if(key, |current| current.same(&variants));
         None
     }
 
@@ -152,13 +202,17 @@ impl HotCache {
     /// [`HotCache::select`]).
     #[cfg(test)]
     pub(super) fn get(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
-        self.servable(key, Instant::now())?.first().cloned()
+        self.servable(key, Instant::now())?
+            .as_slice()
+            .first()
+            .cloned()
     }
 
     /// The most recently stored variant under `key` that `request` selects,
     /// fresh or not; callers judge freshness.
     pub fn select(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<CachedResponse>> {
         self.servable(key, Instant::now())?
+            .as_slice()
             .iter()
             .find(|entry| entry.variant.matches(request))
             .cloned()
@@ -166,7 +220,8 @@ impl HotCache {
 
     /// Number of variants stored under `key`.
     pub fn variant_count(&self, key: &CacheKey) -> usize {
-        self.servable(key, Instant::now()).map_or(0, |v| v.len())
+        self.servable(key, Instant::now())
+            .map_or(0, |v| v.as_slice().len())
     }
 
     /// Stores `entry`, fetched for `request`, under `key`: it replaces every
@@ -180,11 +235,9 @@ impl HotCache {
         let merged = |existing: Option<&Variants>, entry: Arc<CachedResponse>| -> Variants {
             let kept = existing
                 .into_iter()
-                .flat_map(|e| e.iter())
+                .flat_map(|e| e.as_slice())
                 .filter(|old| !old.variant.matches(request) && old.keep_until > now);
-            std::iter::once(entry)
-                .chain(kept.take(max_variants - 1).cloned())
-                .collect()
+            Variants::new(entry, kept.take(max_variants - 1).cloned().collect())
         };
         let mut pending = Some(entry);
         let found = self.entries.entry(&key, None, |_, current| {
@@ -207,18 +260,18 @@ impl HotCache {
     /// there (a newer one stored since is left alone).
     pub fn remove_variant(&self, key: &CacheKey, entry: &Arc<CachedResponse>) {
         let found = self.entries.entry(key, None, |_, current| {
-            if !current.iter().any(|e| Arc::ptr_eq(e, entry)) {
+            if !current.as_slice().iter().any(|e| Arc::ptr_eq(e, entry)) {
                 return EntryAction::Retain(());
             }
-            let rest: Variants = current
+            let mut rest = current
+                .as_slice()
                 .iter()
                 .filter(|e| !Arc::ptr_eq(e, entry))
-                .cloned()
-                .collect();
-            if rest.is_empty() {
+                .cloned();
+            let Some(first) = rest.next() else {
                 return EntryAction::Remove;
-            }
-            *current = rest;
+            };
+            *current = Variants::new(first, rest.collect());
             EntryAction::Retain(())
         });
         // An absent key leaves a placeholder to fill; leaving it empty is the answer.

@@ -51,7 +51,7 @@ fn stored_header_values_never_point_into_the_read_buffer() {
     headers.insert("x-slice", value.clone());
     let detached = StoredHeaders::detached(&headers);
     let stored = detached.get(&HeaderName::from_static("x-slice")).unwrap();
-    assert_eq!(stored, &value);
+    assert_eq!(stored, value);
     let buffer = read_buffer.as_ptr_range();
     assert!(!buffer.contains(&stored.as_bytes().as_ptr()));
 }
@@ -109,7 +109,7 @@ async fn entry_computes_freshness_from_its_headers_once() {
         &FreshnessPolicy::with_ttl(Duration::from_secs(1)),
     );
     // Corral-Cache-Control governs, and is kept away from clients.
-    assert_eq!(stored.lifetime.duration, Duration::from_secs(60));
+    assert_eq!(stored.lifetime().duration, Duration::from_secs(60));
     assert!(!stored.headers.contains_key(&CORRAL_CACHE_CONTROL));
     assert_eq!(
         stored.origin_headers()[&CORRAL_CACHE_CONTROL],
@@ -166,7 +166,7 @@ async fn longest_lifetimes_and_windows_neither_overflow_nor_expire_early() {
         &FreshnessPolicy::with_ttl(Duration::ZERO),
     ));
     assert_eq!(
-        stored.lifetime.duration,
+        stored.lifetime().duration,
         crate::http::directives::DELTA_SECONDS_MAX
     );
     cache.insert(key("/k"), stored, &HeaderMap::new());
@@ -223,10 +223,14 @@ fn purge_matches_paths_exactly_or_by_prefix_across_hosts() {
 fn weight_counts_key_headers_and_body() {
     let stored = entry(&[0; 100], Duration::ZERO);
     let key = key("/k");
-    let one = variants_weight(&key, &[Arc::clone(&stored)]);
-    let two = variants_weight(&key, &[Arc::clone(&stored), Arc::clone(&stored)]);
-    // A second variant costs its entry and its slot in the list.
-    assert_eq!(two - one, (stored.weight() + size_of::<usize>()) as u64);
+    let one = variants_weight(&key, &Variants::One(Arc::clone(&stored)));
+    let two = variants_weight(
+        &key,
+        &Variants::new(Arc::clone(&stored), vec![Arc::clone(&stored)]),
+    );
+    // A second variant costs its entry and a list: an `Arc` (48-byte chunk)
+    // around two pointers (32).
+    assert_eq!(two - one, (stored.weight() + 48 + 32) as u64);
     assert!(stored.weight() > 100, "the body and the entry itself");
 }
 
@@ -294,21 +298,21 @@ fn variants_are_kept_apart_and_replaced_per_selection() {
     cache.insert(key("/k"), variant_for("en", b"en-1"), &language("en"));
     cache.insert(key("/k"), variant_for("fr", b"fr-1"), &language("fr"));
     assert_eq!(
-        cache.select(&key("/k"), &language("en")).unwrap().body,
+        cache.select(&key("/k"), &language("en")).unwrap().body(),
         "en-1"
     );
     assert_eq!(
-        cache.select(&key("/k"), &language("fr")).unwrap().body,
+        cache.select(&key("/k"), &language("fr")).unwrap().body(),
         "fr-1"
     );
     assert!(cache.select(&key("/k"), &language("de")).is_none());
     cache.insert(key("/k"), variant_for("en", b"en-2"), &language("en"));
     assert_eq!(cache.variant_count(&key("/k")), 2);
     assert_eq!(
-        cache.select(&key("/k"), &language("en")).unwrap().body,
+        cache.select(&key("/k"), &language("en")).unwrap().body(),
         "en-2"
     );
-    assert_eq!(cache.get(&key("/k")).unwrap().body, "en-2");
+    assert_eq!(cache.get(&key("/k")).unwrap().body(), "en-2");
 }
 
 #[test]
@@ -393,14 +397,14 @@ async fn an_entry_crosses_the_wire_and_is_judged_as_it_was() {
     tokio::time::advance(Duration::from_secs(12)).await;
     let decoded = super::wire::decode(&bytes).unwrap();
     let now = Instant::now();
-    let wall = stored.timing.received_at + Duration::from_secs(12);
+    let wall = stored.received_at() + Duration::from_secs(12);
     let restored = CachedResponse::from_wire(decoded, &policy, now, wall);
     assert_eq!(restored.status, stored.status);
-    assert_eq!(restored.body, stored.body);
+    assert_eq!(restored.body(), stored.body());
     assert_eq!(restored.headers, stored.headers);
     assert_eq!(restored.origin_headers(), stored.origin_headers());
-    assert_eq!(restored.lifetime, stored.lifetime);
-    assert_eq!(restored.initial_age, stored.initial_age);
+    assert_eq!(restored.lifetime(), stored.lifetime());
+    assert_eq!(restored.initial_age(), stored.initial_age());
     assert_eq!(restored.age_secs(now), stored.age_secs(now));
     assert_eq!(restored.ttl_secs(now), stored.ttl_secs(now));
     assert_eq!(restored.has_validator, stored.has_validator);

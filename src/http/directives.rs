@@ -112,8 +112,9 @@ impl FieldScope {
 }
 
 /// A response's cache directives, read from the field that governs it (see the
-/// module docs for precedence and error handling). Durations never exceed
-/// [`DELTA_SECONDS_MAX`].
+/// module docs for precedence and error handling). Durations are whole
+/// seconds (delta-seconds, which a stored entry relies on to keep its stale
+/// windows in four bytes) and never exceed [`DELTA_SECONDS_MAX`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ResponseDirectives {
     /// The field these directives came from.

@@ -337,7 +337,7 @@ impl Fill {
             stored.status,
             merged,
             verdict.directives,
-            stored.body.clone(),
+            stored.body(),
             variant,
             timing,
             policy,

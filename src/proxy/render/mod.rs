@@ -316,7 +316,7 @@ fn render_entry(
         && (request.contains_key(header::IF_NONE_MATCH)
             || request.contains_key(header::IF_MODIFIED_SINCE));
     if let Some(stored) = stored.as_ref().filter(|_| conditional)
-        && policy::client_not_modified(request, entry.status, stored, entry.timing.received_at)
+        && policy::client_not_modified(request, entry.status, stored, entry.received_at())
     {
         let mut response = Response::new(ProxyBody::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -327,7 +327,7 @@ fn render_entry(
     }
     let head = parts.method == Method::HEAD;
     let ranged = entry.status == StatusCode::OK && (head || parts.method == Method::GET);
-    let complete = u64::try_from(entry.body.len()).unwrap_or(u64::MAX);
+    let complete = u64::try_from(entry.body_len()).unwrap_or(u64::MAX);
     // Range handling is defined for GET alone; a HEAD ignores `Range` (RFC
     // 9110 §14.2), so it learns the whole representation's length.
     let ranges = match &stored {
@@ -349,7 +349,7 @@ fn render_entry(
     let body = if head {
         ProxyBody::empty()
     } else {
-        ProxyBody::full(entry.body.clone())
+        ProxyBody::full(entry.body())
     };
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
@@ -447,14 +447,14 @@ fn partial(
 ) -> Option<Answer> {
     let first = usize::try_from(range.first).ok()?;
     let last = usize::try_from(range.last).ok()?;
-    if last >= entry.body.len() || first > last {
+    if last >= entry.body_len() || first > last {
         return None;
     }
     let content_range = HeaderValue::try_from(range.content_range(complete)).ok()?;
     let body = if head {
         ProxyBody::empty()
     } else {
-        ProxyBody::full(entry.body.slice(first..=last))
+        ProxyBody::full(entry.body().slice(first..=last))
     };
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::PARTIAL_CONTENT;
