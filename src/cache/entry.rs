@@ -3,9 +3,9 @@
 //! its variant was chosen by, and its versioned wire form ([`super::wire`]) for
 //! tiers beyond this process.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -205,20 +205,23 @@ pub struct StoredHeaders {
     block: Bytes,
     /// How many of `lines` are shown.
     shown: u32,
+    /// The names these lines do not share ([`SHARED_NAMES`] full, or a name
+    /// too long for it): none nearly always, so one pointer when there are
+    /// none.
+    own_names: Option<Box<Vec<HeaderName>>>,
 }
 
-/// One stored header line.
-#[derive(Debug, Clone)]
+/// One stored header line: eight bytes, where a `HeaderName` alone takes 32.
+#[derive(Debug, Clone, Copy)]
 struct Line {
-    name: HeaderName,
+    /// Its name: below [`SHARED_NAMES_MAX`], that slot of the shared names;
+    /// from it on, one of the lines' own names.
+    name: u16,
+    /// Whether its value was marked sensitive (kept out of HPACK tables).
+    sensitive: bool,
     /// Where its value ends in the block, counted from the first value's
     /// start; it starts where the line before it ends.
     end: u32,
-    /// Whether its value was marked sensitive (kept out of HPACK tables).
-    sensitive: bool,
-    /// Whether its name is an allocation of this line's own rather than one
-    /// of the [`SHARED_NAMES`].
-    own_name: bool,
 }
 
 /// Header names stored entries share. An origin sends the same few names it
@@ -228,8 +231,16 @@ struct Line {
 /// entry. Kept here, each name is stored once for all of them. Bounded in
 /// number and length (at most about 200 KiB, outside the cache's byte budget);
 /// names beyond it are stored per entry, and charged to it.
-static SHARED_NAMES: LazyLock<Mutex<HashSet<HeaderName>>> =
-    LazyLock::new(|| Mutex::new(HashSet::new()));
+///
+/// A stored line names its field by slot number. Slots are filled once and
+/// never change, so reading one takes no lock; the map, which finds a name's
+/// slot, is only locked to store an entry.
+static SHARED_NAMES: LazyLock<Mutex<HashMap<HeaderName, u16>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The names of [`SHARED_NAMES`], by slot.
+static SHARED_NAME_SLOTS: [OnceLock<HeaderName>; SHARED_NAMES_MAX] =
+    [const { OnceLock::new() }; SHARED_NAMES_MAX];
 
 /// Most names [`SHARED_NAMES`] keeps.
 const SHARED_NAMES_MAX: usize = 1024;
@@ -237,20 +248,26 @@ const SHARED_NAMES_MAX: usize = 1024;
 /// Longest name [`SHARED_NAMES`] keeps.
 const SHARED_NAME_MAX_LEN: usize = 64;
 
-/// `name` as the shared copy, and whether the caller keeps an allocation of
-/// its own instead (the table is full or the name too long for it).
-fn share_name(names: &mut HashSet<HeaderName>, name: &HeaderName) -> (HeaderName, bool) {
-    if let Some(shared) = names.get(name) {
-        return (shared.clone(), false);
+/// The slot of `name` among the shared names (given it if it had none), or
+/// `None` when it cannot have one: the table is full, or the name too long
+/// for it.
+fn share_name(names: &mut HashMap<HeaderName, u16>, name: &HeaderName) -> Option<u16> {
+    if let Some(&slot) = names.get(name) {
+        return Some(slot);
     }
     if names.len() >= SHARED_NAMES_MAX || name.as_str().len() > SHARED_NAME_MAX_LEN {
-        return (name.clone(), true);
+        return None;
     }
+    let slot = u16::try_from(names.len()).ok()?;
     // A copy of its own (a name's bytes are always its own today; this
     // keeps the table from depending on it).
     let shared = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
-    names.insert(shared.clone());
-    (shared, false)
+    SHARED_NAME_SLOTS
+        .get(usize::from(slot))?
+        .set(shared.clone())
+        .ok()?;
+    names.insert(shared, slot);
+    Some(slot)
 }
 
 /// Whether `HeaderValue::from_maybe_shared` accepts `bytes` (http's rule,
@@ -311,17 +328,23 @@ impl StoredHeaders {
         let values_start = block.len();
         let mut names = SHARED_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
         let mut shown = 0;
+        let mut own_names: Vec<HeaderName> = Vec::new();
         let lines = lines()
             .take(count)
             .map(|(name, value)| {
                 block.extend_from_slice(value.as_bytes());
                 shown += u32::from(!is_hidden(name));
-                let (name, own_name) = share_name(&mut names, name);
+                let name = share_name(&mut names, name).unwrap_or_else(|| {
+                    own_names.push(name.clone());
+                    // At most a few hundred lines reach here (hyper's limit
+                    // on a head), far below u16's room above the slots.
+                    let own = SHARED_NAMES_MAX + own_names.len() - 1;
+                    u16::try_from(own).unwrap_or(u16::MAX)
+                });
                 Line {
                     name,
                     end: u32::try_from(block.len() - values_start).unwrap_or(u32::MAX),
                     sensitive: value.is_sensitive(),
-                    own_name,
                 }
             })
             .collect();
@@ -337,6 +360,17 @@ impl StoredHeaders {
             lines,
             block,
             shown,
+            own_names: (!own_names.is_empty()).then(|| Box::new(own_names)),
+        }
+    }
+
+    /// The name of `line`. Always found: a line is only made with its name
+    /// in place.
+    fn name_of(&self, line: &Line) -> Option<&HeaderName> {
+        let slot = usize::from(line.name);
+        match slot.checked_sub(SHARED_NAMES_MAX) {
+            None => SHARED_NAME_SLOTS.get(slot)?.get(),
+            Some(own) => self.own_names.as_ref()?.get(own),
         }
     }
 
@@ -384,7 +418,7 @@ impl StoredHeaders {
     fn hidden(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> {
         self.ranges()
             .skip(self.shown as usize)
-            .filter_map(|(line, range)| Some((&line.name, self.value(line, range)?)))
+            .filter_map(|(line, range)| Some((self.name_of(line)?, self.value(line, range)?)))
     }
     /// Number of hidden lines.
     fn hidden_len(&self) -> usize {
@@ -401,12 +435,14 @@ impl StoredHeaders {
         } else {
             malloc_chunk(self.block.len()) + SHARED_BYTES_HEADER
         };
-        let names: usize = self
-            .lines
-            .iter()
-            .filter(|line| line.own_name)
-            .map(|line| malloc_chunk(line.name.as_str().len()) + SHARED_BYTES_HEADER)
-            .sum();
+        let names: usize = self.own_names.as_ref().map_or(0, |own| {
+            malloc_chunk(std::mem::size_of::<Vec<HeaderName>>())
+                + malloc_chunk(std::mem::size_of_val(own.as_slice()))
+                + own
+                    .iter()
+                    .map(|name| malloc_chunk(name.as_str().len()) + SHARED_BYTES_HEADER)
+                    .sum::<usize>()
+        });
         malloc_chunk(std::mem::size_of_val(&*self.lines)) + block + names
     }
 
@@ -414,7 +450,7 @@ impl StoredHeaders {
     /// share the block.
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> {
         self.shown_lines()
-            .filter_map(|(line, range)| Some((&line.name, self.value(line, range)?)))
+            .filter_map(|(line, range)| Some((self.name_of(line)?, self.value(line, range)?)))
     }
 
     /// Number of lines.
@@ -435,13 +471,14 @@ impl StoredHeaders {
     /// Every line of field `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = HeaderValue> + 'a {
         self.shown_lines()
-            .filter(move |(line, _)| line.name == name)
+            .filter(move |(line, _)| self.name_of(line) == Some(name))
             .filter_map(|(line, range)| self.value(line, range))
     }
 
     /// Whether field `name` is present.
     pub fn contains_key(&self, name: &HeaderName) -> bool {
-        self.shown_lines().any(|(line, _)| line.name == name)
+        self.shown_lines()
+            .any(|(line, _)| self.name_of(line) == Some(name))
     }
 
     /// The lines as a `HeaderMap` sized for `more` lines besides, so adding
@@ -474,10 +511,14 @@ impl PartialEq for StoredHeaders {
     fn eq(&self, other: &StoredHeaders) -> bool {
         fn lines(
             headers: &StoredHeaders,
-        ) -> impl Iterator<Item = (&HeaderName, bool, Option<&[u8]>)> {
-            headers
-                .ranges()
-                .map(|(line, range)| (&line.name, line.sensitive, headers.block.get(range)))
+        ) -> impl Iterator<Item = (Option<&HeaderName>, bool, Option<&[u8]>)> {
+            headers.ranges().map(|(line, range)| {
+                (
+                    headers.name_of(line),
+                    line.sensitive,
+                    headers.block.get(range),
+                )
+            })
         }
         self.shown == other.shown && lines(self).eq(lines(other))
     }

@@ -56,6 +56,48 @@ fn stored_header_values_never_point_into_the_read_buffer() {
     assert!(!buffer.contains(&stored.as_bytes().as_ptr()));
 }
 
+/// A name too long to share is kept by its own headers, and reads back like
+/// any other: in order, among shared ones, in every view of the lines.
+#[test]
+fn a_name_kept_apart_reads_back_like_a_shared_one() {
+    let long = HeaderName::from_bytes(&[b'x'; 80]).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    headers.append(long.clone(), HeaderValue::from_static("one"));
+    headers.append(long.clone(), HeaderValue::from_static("two"));
+    headers.insert("x-request-id", HeaderValue::from_static("abc"));
+    let stored = StoredHeaders::detached(&headers);
+    assert_eq!(stored.len(), 4);
+    assert!(stored.contains_key(&long));
+    let values: Vec<_> = stored.get_all(&long).collect();
+    assert_eq!(values, ["one", "two"]);
+    assert_eq!(
+        stored.get(&http::header::CONTENT_TYPE).unwrap(),
+        "text/plain"
+    );
+    assert_eq!(stored.to_map(), headers);
+    let names: Vec<_> = stored
+        .iter()
+        .map(|(name, _)| name.as_str().to_owned())
+        .collect();
+    let expected: Vec<_> = headers
+        .iter()
+        .map(|(name, _)| name.as_str().to_owned())
+        .collect();
+    assert_eq!(names, expected);
+    assert_eq!(stored, StoredHeaders::detached(&headers));
+    // Its own copy of the long name is charged; the shared ones are not.
+    let shared_only = {
+        let mut short = headers.clone();
+        short.remove(&long);
+        StoredHeaders::detached(&short)
+    };
+    assert!(stored.heap_size() > shared_only.heap_size() + 80);
+}
+
 fn timing() -> Timing {
     let now = Instant::now();
     Timing::new(now, now, SystemTime::now())

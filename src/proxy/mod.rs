@@ -435,9 +435,11 @@ impl Proxy {
             drop(body);
             return match self.answer_from_cache(&cx, route) {
                 Ok(answer) => Either::Left(ready(answer)),
-                Err(stored) => Either::Right(Either::Left(async move {
-                    self.miss(&cx, route, stored).await
-                })),
+                Err(stored) => {
+                    Either::Right(Either::Left(
+                        async move { self.miss(&cx, route, stored).await },
+                    ))
+                }
             };
         }
         let reason = pass_reason.unwrap_or(PassReason::NoRoute);

@@ -158,7 +158,7 @@ pub fn hit(entry: &Arc<CachedResponse>, parts: &Parts, now: Instant) -> Answer {
         let body = if head {
             ProxyBody::empty()
         } else {
-            ProxyBody::full(entry.body.clone())
+            ProxyBody::full(entry.body())
         };
         let mut response = Response::new(body);
         *response.status_mut() = entry.status;
