@@ -32,12 +32,14 @@
 //! `status`, `cache_status`, `duration_ms`, `bytes`), in the same two forms as
 //! the rest of the log ([`LogFormat`]): tracing-subscriber's text layout, or
 //! its JSON object. The timestamp's date and time of day are formatted once
-//! per second.
+//! per second, and a line's wall-clock time is read off the monotonic moment
+//! the request already took ([`AccessEntry::at`]) against a pair of clock
+//! readings renewed once per second, so a line reads no clock of its own.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Longest a line waits in the buffer before the writer takes it.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -67,10 +69,14 @@ pub struct AccessEntry<'a> {
     pub path: &'a str,
     /// The status code sent.
     pub status: u16,
-    /// How corral handled it (the `cache_status` metric label).
-    pub cache_status: &'a str,
+    /// How corral handled it (the `cache_status` metric label): one of
+    /// corral's own fixed labels, never client text, so it is written as it
+    /// is.
+    pub cache_status: &'static str,
     /// From the request's head to its response head, in microseconds.
     pub duration_micros: u64,
+    /// When the response head was ready: the line's timestamp.
+    pub at: Instant,
     /// Body length, when known before it is sent.
     pub bytes: Option<u64>,
 }
@@ -99,6 +105,9 @@ struct Pending {
     stamp_second: u64,
     /// `YYYY-MM-DDTHH:MM:SS` of `stamp_second`.
     stamp: [u8; 19],
+    /// A monotonic moment and the wall-clock time then, in microseconds
+    /// since the epoch, read together at most once per second.
+    clock: Option<(Instant, u64)>,
 }
 
 impl LogSink {
@@ -119,6 +128,7 @@ impl LogSink {
                     closing: false,
                     stamp_second: u64::MAX,
                     stamp: [b'0'; 19],
+                    clock: None,
                 }),
                 wake: Condvar::new(),
                 format,
@@ -149,27 +159,26 @@ impl LogSink {
         if !pending.admit(line.len()) {
             return;
         }
-        let was_empty = pending.lines.is_empty();
+        let before = pending.lines.len();
         pending.lines.extend_from_slice(line);
-        self.after_append(pending, was_empty);
+        self.after_append(pending, before);
     }
 
     /// Appends one access line for `entry`, formatted in place.
     pub fn access(&self, entry: &AccessEntry<'_>) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
         let mut pending = self.lock();
         // A generous bound on the line: fixed text plus the variable fields.
         let most = 192 + 6 * (entry.path.len() + entry.method.len() + entry.cache_status.len());
         if !pending.admit(most) {
             return;
         }
-        let was_empty = pending.lines.is_empty();
-        pending.refresh_stamp(now.as_secs());
+        let before = pending.lines.len();
+        let wall = pending.wall_micros(entry.at);
+        pending.refresh_stamp(wall / 1_000_000);
         let Pending { lines, stamp, .. } = &mut *pending;
-        write_access(lines, self.shared.format, stamp, now.subsec_micros(), entry);
-        self.after_append(pending, was_empty);
+        let micros = (wall % 1_000_000) as u32;
+        write_access(lines, self.shared.format, stamp, micros, entry);
+        self.after_append(pending, before);
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -182,12 +191,15 @@ impl LogSink {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Wakes the writer when this append is the first since a flush (it
-    /// then waits [`FLUSH_INTERVAL`] for more) or filled a batch.
-    fn after_append(&self, pending: MutexGuard<'_, Pending>, was_empty: bool) {
-        let full = pending.lines.len() >= FLUSH_BYTES;
+    /// Wakes the writer when this append, which found `before` bytes
+    /// pending, is the first since a flush (it then waits [`FLUSH_INTERVAL`]
+    /// for more) or the one that filled a batch. Only then: a notify is a
+    /// system call even when nobody waits, and the appends that follow a
+    /// full batch, until the writer takes it, need not repeat it.
+    fn after_append(&self, pending: MutexGuard<'_, Pending>, before: usize) {
+        let filled = before < FLUSH_BYTES && pending.lines.len() >= FLUSH_BYTES;
         drop(pending);
-        if was_empty || full {
+        if before == 0 || filled {
             self.shared.wake.notify_one();
         }
     }
@@ -248,6 +260,31 @@ impl Pending {
             return false;
         }
         true
+    }
+
+    /// Wall-clock microseconds since the epoch at `at`, from the clock pair
+    /// when `at` lies within a second after it, else from a new pair.
+    fn wall_micros(&mut self, at: Instant) -> u64 {
+        let second = Duration::from_secs(1);
+        if let Some((then, wall)) = self.clock {
+            match at.checked_duration_since(then) {
+                Some(passed) if passed < second => return wall + passed.as_micros() as u64,
+                Some(_) => {}
+                // Another thread renewed the pair after this line's moment.
+                None if then - at < second => {
+                    return wall.saturating_sub((then - at).as_micros() as u64);
+                }
+                None => {}
+            }
+        }
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let wall = u64::try_from(wall.as_micros()).unwrap_or(0);
+        let then = Instant::now();
+        self.clock = Some((then, wall));
+        // `at` may precede the new pair by the moments since it was taken.
+        wall.saturating_sub(then.saturating_duration_since(at).as_micros() as u64)
     }
 
     fn refresh_stamp(&mut self, second: u64) {
@@ -340,8 +377,9 @@ fn write_access(
             write_quoted(out, entry.path, Escape::Debug);
             out.extend_from_slice(b" status=");
             out.extend_from_slice(numbers.format(entry.status).as_bytes());
-            out.extend_from_slice(b" cache_status=");
-            write_quoted(out, entry.cache_status, Escape::Debug);
+            out.extend_from_slice(b" cache_status=\"");
+            out.extend_from_slice(entry.cache_status.as_bytes());
+            out.push(b'"');
             out.extend_from_slice(b" duration_ms=");
             write_millis(out, entry.duration_micros);
             if let Some(bytes) = entry.bytes {
@@ -358,8 +396,9 @@ fn write_access(
             write_quoted(out, entry.path, Escape::Json);
             out.extend_from_slice(b",\"status\":");
             out.extend_from_slice(numbers.format(entry.status).as_bytes());
-            out.extend_from_slice(b",\"cache_status\":");
-            write_quoted(out, entry.cache_status, Escape::Json);
+            out.extend_from_slice(b",\"cache_status\":\"");
+            out.extend_from_slice(entry.cache_status.as_bytes());
+            out.push(b'"');
             out.extend_from_slice(b",\"duration_ms\":");
             write_millis(out, entry.duration_micros);
             if let Some(bytes) = entry.bytes {
@@ -375,14 +414,11 @@ fn write_access(
 /// `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`, as tracing-subscriber writes it.
 fn write_timestamp(out: &mut Vec<u8>, stamp: &[u8; 19], micros: u32) {
     out.extend_from_slice(stamp);
+    // Six digits, zero-padded: a seventh leading digit is written and cut.
+    let mut numbers = itoa::Buffer::new();
+    let padded = numbers.format(1_000_000 + micros.min(999_999));
     out.push(b'.');
-    let mut digits = [b'0'; 6];
-    let mut rest = micros.min(999_999);
-    for digit in digits.iter_mut().rev() {
-        *digit = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    out.extend_from_slice(&digits);
+    out.extend_from_slice(&padded.as_bytes()[1..]);
     out.push(b'Z');
 }
 
@@ -408,14 +444,26 @@ enum Escape {
     Json,
 }
 
+/// The bytes a quoted value may hold as they are: printable ASCII but the
+/// quote and the backslash.
+static PRINTABLE_ASCII: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = b' ';
+    while byte <= b'~' {
+        table[byte as usize] = byte != b'"' && byte != b'\\';
+        byte += 1;
+    }
+    table
+};
+
 /// `value` in double quotes, escaped so a hostile path cannot end the field
 /// early, forge another field or break the line.
 fn write_quoted(out: &mut Vec<u8>, value: &str, escape: Escape) {
     out.push(b'"');
     let plain = |c: char| c != '"' && c != '\\' && !c.is_control();
     // Printable ASCII, what nearly every path is, is checked a byte at a
-    // time; anything else is decoded.
-    let printable = |b: &u8| matches!(b, b' '..=b'~') && *b != b'"' && *b != b'\\';
+    // time against a table; anything else is decoded.
+    let printable = |b: &u8| PRINTABLE_ASCII[usize::from(*b)];
     if value.as_bytes().iter().all(printable) || value.chars().all(plain) {
         out.extend_from_slice(value.as_bytes());
     } else {
@@ -458,26 +506,29 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    const HIT: AccessEntry<'static> = AccessEntry {
-        method: "GET",
-        path: "/obj/hot",
-        status: 200,
-        cache_status: "hit",
-        duration_micros: 50,
-        bytes: Some(1024),
-    };
+    fn hit() -> AccessEntry<'static> {
+        AccessEntry {
+            method: "GET",
+            path: "/obj/hot",
+            status: 200,
+            cache_status: "hit",
+            duration_micros: 50,
+            bytes: Some(1024),
+            at: Instant::now(),
+        }
+    }
 
     #[test]
     fn text_lines_keep_tracing_layout_and_fields() {
         assert_eq!(
-            line(LogFormat::Text, &HIT),
+            line(LogFormat::Text, &hit()),
             "2026-12-02T03:38:20.866115Z  INFO corral::access: method=GET path=\"/obj/hot\" \
              status=200 cache_status=\"hit\" duration_ms=0.050 bytes=1024\n"
         );
         let unknown_length = AccessEntry {
             bytes: None,
             duration_micros: 12_345_678,
-            ..HIT
+            ..hit()
         };
         assert!(
             line(LogFormat::Text, &unknown_length)
@@ -487,7 +538,7 @@ mod tests {
 
     #[test]
     fn json_lines_are_json_with_tracing_fields() {
-        let text = line(LogFormat::Json, &HIT);
+        let text = line(LogFormat::Json, &hit());
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed["timestamp"], "2026-12-02T03:38:20.866115Z");
         assert_eq!(parsed["level"], "INFO");
@@ -502,9 +553,37 @@ mod tests {
     }
 
     #[test]
+    fn a_lines_wall_time_is_read_off_its_moment() {
+        let (sink, _guard) = LogSink::spawn(io::sink(), LogFormat::Text).unwrap();
+        let mut pending = sink.lock();
+        let wall = |now: SystemTime| now.duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+        let before = wall(SystemTime::now());
+        let start = Instant::now();
+        let first = pending.wall_micros(start);
+        let after = wall(SystemTime::now());
+        // The pair's two readings are moments apart, not one instant: a
+        // second of slack keeps a preempted test from failing.
+        let slack = 1_000_000;
+        assert!(
+            (before - slack..=after + slack).contains(&first),
+            "{before} <= {first} <= {after}"
+        );
+        let (then, paired) = pending.clock.unwrap();
+        // Within a second of the pair, either side: read off it, no clock.
+        let later = then + Duration::from_millis(250);
+        assert_eq!(pending.wall_micros(later), paired + 250_000);
+        assert_eq!(pending.clock, Some((then, paired)));
+        let earlier = then - Duration::from_millis(40);
+        assert_eq!(pending.wall_micros(earlier), paired - 40_000);
+        // A second or more past it: a new pair.
+        let _ = pending.wall_micros(then + Duration::from_secs(2));
+        assert_ne!(pending.clock.unwrap().0, then);
+    }
+
+    #[test]
     fn a_hostile_path_cannot_forge_fields_or_lines() {
         let path = "/a\" status=999 \\\n{\"x\":1}\u{7f}";
-        let hostile = AccessEntry { path, ..HIT };
+        let hostile = AccessEntry { path, ..hit() };
         let text = line(LogFormat::Text, &hostile);
         assert_eq!(text.matches('\n').count(), 1, "{text}");
         assert!(
@@ -553,7 +632,7 @@ mod tests {
         // The writer has taken "first" and is inside its write.
         entered.recv().unwrap();
         for _ in 0..1000 {
-            sink.access(&HIT);
+            sink.access(&hit());
         }
         sink.append(b"an event\n");
         drop(open);

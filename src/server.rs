@@ -40,8 +40,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -544,89 +544,113 @@ enum Expired {
 /// Writers never wake the watchdog: a request costs no wake-up and no timer
 /// re-arm. The watchdog instead never sleeps past the point where a deadline
 /// set after it looked could fall (see [`Activity::expired`]).
+///
+/// Atomics rather than a lock, because every request writes here three
+/// times. Over HTTP/1 every writer runs on the connection's own task; over
+/// HTTP/2 requests run on tasks of their own, so the count of requests in
+/// progress is read-modify-written, and the moment the connection went quiet
+/// is stored before the count that makes it matter drops to zero.
 #[derive(Debug)]
 struct Activity {
-    state: Mutex<ActivityState>,
-}
-
-#[derive(Debug)]
-struct ActivityState {
+    /// When the connection was accepted; the moments below are kept as
+    /// nanoseconds after it.
+    accepted: Instant,
     /// Requests whose response has not been handed to hyper in full yet.
-    in_progress: usize,
+    in_progress: AtomicUsize,
     /// No request has started yet: the first head is timed from accept.
-    fresh: bool,
+    fresh: AtomicBool,
     /// Reads are frames of any stream or pings, never the start of a head.
-    http2: bool,
+    http2: AtomicBool,
     /// When the connection last had nothing to do: accepted, or its last
     /// response done.
-    quiet_since: Instant,
-    /// When the first byte of the next HTTP/1 head arrived, if it has.
-    head_started: Option<Instant>,
+    quiet_since: AtomicU64,
+    /// When the first byte of the next HTTP/1 head arrived, if it has
+    /// ([`NOT_STARTED`] when not).
+    head_started: AtomicU64,
 }
+
+/// [`Activity::head_started`] when no head is being read.
+const NOT_STARTED: u64 = u64::MAX;
 
 impl Activity {
     fn new() -> Activity {
         Activity {
-            state: Mutex::new(ActivityState {
-                in_progress: 0,
-                fresh: true,
-                http2: false,
-                quiet_since: Instant::now(),
-                head_started: None,
-            }),
+            accepted: Instant::now(),
+            in_progress: AtomicUsize::new(0),
+            fresh: AtomicBool::new(true),
+            http2: AtomicBool::new(false),
+            quiet_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(NOT_STARTED),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, ActivityState> {
-        // The state stays consistent even if a holder panicked: every update
-        // is a single assignment.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// `now` as stored: nanoseconds after accept (a connection would have
+    /// to stay open for 584 years to overflow it).
+    fn since_accept(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.accepted).as_nanos())
+            .unwrap_or(NOT_STARTED - 1)
+    }
+
+    fn at(&self, stored: u64) -> Instant {
+        self.accepted + Duration::from_nanos(stored)
     }
 
     /// Bytes arrived from the client.
     fn bytes_read(&self) {
-        let mut state = self.lock();
-        if state.in_progress == 0 && !state.fresh && !state.http2 && state.head_started.is_none() {
-            state.head_started = Some(Instant::now());
+        if self.in_progress.load(Ordering::Acquire) == 0
+            && !self.fresh.load(Ordering::Relaxed)
+            && !self.http2.load(Ordering::Relaxed)
+            && self.head_started.load(Ordering::Relaxed) == NOT_STARTED
+        {
+            let now = self.since_accept(Instant::now());
+            self.head_started.store(now, Ordering::Relaxed);
         }
     }
 
     /// hyper parsed a request head and called the service.
     fn request_started(&self, version: Version) {
-        let mut state = self.lock();
-        state.in_progress += 1;
-        state.fresh = false;
-        state.http2 |= version == Version::HTTP_2;
-        state.head_started = None;
+        if version == Version::HTTP_2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        self.fresh.store(false, Ordering::Relaxed);
+        self.head_started.store(NOT_STARTED, Ordering::Relaxed);
+        self.in_progress.fetch_add(1, Ordering::AcqRel);
     }
 
     /// hyper is done with a response body (sent, or the request abandoned).
     fn request_done(&self) {
-        let mut state = self.lock();
-        state.in_progress = state.in_progress.saturating_sub(1);
-        if state.in_progress == 0 {
-            state.quiet_since = Instant::now();
-            state.head_started = None;
-        }
+        // Stored first, so whoever sees the count reach zero sees this too.
+        // While other requests are still in progress it is overwritten by
+        // the last of them before it can matter.
+        self.quiet_since
+            .store(self.since_accept(Instant::now()), Ordering::Relaxed);
+        self.head_started.store(NOT_STARTED, Ordering::Relaxed);
+        // Paired with `request_started` by `RequestInProgress`.
+        self.in_progress.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// When the connection's current timeout runs out, if one is running.
     fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Expired)> {
-        let state = self.lock();
-        if state.in_progress > 0 {
-            None
-        } else if state.http2 {
-            Some((state.quiet_since + limits.idle_timeout, Expired::Idle))
-        } else if state.fresh {
-            Some((
-                state.quiet_since + limits.header_read_timeout,
-                Expired::HeaderTimeout,
-            ))
-        } else if let Some(started) = state.head_started {
-            Some((started + limits.header_read_timeout, Expired::HeaderTimeout))
-        } else {
-            Some((state.quiet_since + limits.idle_timeout, Expired::Idle))
+        if self.in_progress.load(Ordering::Acquire) > 0 {
+            return None;
         }
+        let quiet_since = self.at(self.quiet_since.load(Ordering::Relaxed));
+        let head_started = self.head_started.load(Ordering::Relaxed);
+        Some(if self.http2.load(Ordering::Relaxed) {
+            (quiet_since + limits.idle_timeout, Expired::Idle)
+        } else if self.fresh.load(Ordering::Relaxed) {
+            (
+                quiet_since + limits.header_read_timeout,
+                Expired::HeaderTimeout,
+            )
+        } else if head_started != NOT_STARTED {
+            (
+                self.at(head_started) + limits.header_read_timeout,
+                Expired::HeaderTimeout,
+            )
+        } else {
+            (quiet_since + limits.idle_timeout, Expired::Idle)
+        })
     }
 
     /// Resolves when a timeout has run out, never before its deadline and

@@ -27,6 +27,7 @@
 //! shared a key: one client could store an answer under another URL.
 
 use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::fmt;
 
 /// An unambiguous encoding of the authority sent upstream and the path and
@@ -44,9 +45,32 @@ impl CacheKey {
     /// lowercase host, see [`canonical_authority`]) for `path_and_query`.
     pub fn new(authority: &str, path_and_query: &str) -> CacheKey {
         let mut encoded = String::with_capacity(authority.len() + path_and_query.len() + 8);
-        push_part(&mut encoded, authority);
-        push_part(&mut encoded, path_and_query);
+        encode_into(&mut encoded, authority, path_and_query);
         CacheKey(encoded)
+    }
+
+    /// Runs `lookup` with the encoded form ([`CacheKey::as_str`]) of the key
+    /// [`CacheKey::new`] would build, written into a buffer this thread
+    /// reuses: a lookup that finds what it wants (a hit) allocates no key.
+    pub fn with_encoded<R>(
+        authority: &str,
+        path_and_query: &str,
+        lookup: impl FnOnce(&str) -> R,
+    ) -> R {
+        ENCODED.with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut encoded) => {
+                encoded.clear();
+                encode_into(&mut encoded, authority, path_and_query);
+                let found = lookup(&encoded);
+                // A huge URL must not keep its buffer's memory per thread.
+                if encoded.capacity() > MAX_KEPT_ENCODED {
+                    *encoded = String::new();
+                }
+                found
+            }
+            // Only if `lookup` itself looks a key up this way.
+            Err(_) => lookup(CacheKey::new(authority, path_and_query).as_str()),
+        })
     }
 
     /// The key whose encoded form ([`CacheKey::as_str`]) is `encoded`, if it
@@ -109,6 +133,18 @@ impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}{}", self.authority(), self.path_and_query())
     }
+}
+
+/// Capacity past which [`CacheKey::with_encoded`]'s buffer is let go.
+const MAX_KEPT_ENCODED: usize = 4096;
+
+thread_local! {
+    static ENCODED: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn encode_into(encoded: &mut String, authority: &str, path_and_query: &str) {
+    push_part(encoded, authority);
+    push_part(encoded, path_and_query);
 }
 
 fn push_part(encoded: &mut String, part: &str) {
@@ -176,6 +212,26 @@ mod tests {
         ] {
             assert_eq!(CacheKey::decode(junk), None, "{junk:?}");
         }
+    }
+
+    #[test]
+    fn a_lookup_sees_the_key_new_builds_whatever_came_before() {
+        let long = format!("/{}", "x".repeat(2 * MAX_KEPT_ENCODED));
+        for (authority, path) in [
+            ("shop.example:8080", "/a/b?c=d"),
+            ("h", long.as_str()),
+            ("shop.example", "/"),
+        ] {
+            let expected = CacheKey::new(authority, path);
+            CacheKey::with_encoded(authority, path, |encoded| {
+                assert_eq!(encoded, expected.as_str());
+                // Nested, the outer buffer is busy: a key of its own.
+                CacheKey::with_encoded("o", "/p", |inner| {
+                    assert_eq!(inner, CacheKey::new("o", "/p").as_str());
+                });
+            });
+        }
+        ENCODED.with_borrow(|kept| assert!(kept.capacity() <= MAX_KEPT_ENCODED));
     }
 
     #[test]

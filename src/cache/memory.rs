@@ -187,7 +187,7 @@ impl HotCache {
     }
 
     /// The servable variants under `key` at `now`; removes them if none is.
-    fn servable(&self, key: &CacheKey, now: Instant) -> Option<Variants> {
+    fn servable(&self, key: &str, now: Instant) -> Option<Variants> {
         let variants = self.entries.get(key)?;
         if servable(&variants, now) {
             return Some(variants);
@@ -202,7 +202,7 @@ impl HotCache {
     /// [`HotCache::select`]).
     #[cfg(test)]
     pub(super) fn get(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
-        self.servable(key, Instant::now())?
+        self.servable(key.as_str(), Instant::now())?
             .as_slice()
             .first()
             .cloned()
@@ -211,7 +211,19 @@ impl HotCache {
     /// The most recently stored variant under `key` that `request` selects,
     /// fresh or not; callers judge freshness.
     pub fn select(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<CachedResponse>> {
-        self.servable(key, Instant::now())?
+        self.select_at(key.as_str(), request, Instant::now())
+    }
+
+    /// [`HotCache::select`] by the key's encoded form
+    /// ([`CacheKey::as_str`]) as of `now`, for a caller that has read the
+    /// clock already and need not build the key.
+    pub fn select_at(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+        now: Instant,
+    ) -> Option<Arc<CachedResponse>> {
+        self.servable(key, now)?
             .as_slice()
             .iter()
             .find(|entry| entry.variant.matches(request))
@@ -220,7 +232,7 @@ impl HotCache {
 
     /// Number of variants stored under `key`.
     pub fn variant_count(&self, key: &CacheKey) -> usize {
-        self.servable(key, Instant::now())
+        self.servable(key.as_str(), Instant::now())
             .map_or(0, |v| v.as_slice().len())
     }
 

@@ -3,9 +3,11 @@
 //! a list of loose arguments.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
+use tokio::time::Instant;
 
 use super::forward::ClientScheme;
 use crate::cache::policy::RequestFacts;
@@ -14,6 +16,16 @@ use crate::config::{ClientNoCache, Route};
 use crate::http::directives::RequestDirectives;
 use crate::metrics::RouteMetrics;
 use crate::origin::{OriginClient, TimeoutOverrides};
+
+/// Who sent a request, and when corral had its head.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Arrival {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// When the head was handed to corral: the "now" a cache hit is judged
+    /// and rendered at, so a hit reads the clock once, not once per step.
+    pub at: Instant,
+}
 
 /// One request: what the client sent, where it came from, the route it
 /// matched and where it goes upstream.
@@ -34,8 +46,12 @@ pub(super) struct RequestContext<'a> {
     /// The `Host` sent upstream: the client's, validated and canonical, on a
     /// route that preserves it; `None` lets the origin client send the origin's.
     pub upstream_host: Option<HeaderValue>,
-    /// The primary cache key: the authority sent upstream, the path and query.
-    pub key: CacheKey,
+    /// The origin's own authority: what the key names when `upstream_host`
+    /// is `None`.
+    pub origin_authority: &'a str,
+    /// The primary cache key ([`RequestContext::key`]), built on first use:
+    /// a hit looks the key up without building it.
+    pub key: OnceLock<CacheKey>,
     /// The client's cache directives, parsed once (only when it sent any);
     /// on a route that ignores them, without those that force the origin.
     pub wishes: Option<RequestDirectives>,
@@ -55,6 +71,30 @@ impl RequestContext<'_> {
     /// The request's path, for logs and error answers.
     pub fn path(&self) -> &str {
         self.parts.uri.path()
+    }
+
+    /// The authority sent upstream: the client's `Host` on a route that
+    /// preserves it, else the origin's.
+    pub fn authority(&self) -> &str {
+        self.upstream_host
+            .as_ref()
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or(self.origin_authority)
+    }
+
+    /// The primary cache key: the authority sent upstream, the path and query.
+    pub fn key(&self) -> &CacheKey {
+        self.key
+            .get_or_init(|| CacheKey::new(self.authority(), path_and_query(self.parts)))
+    }
+
+    /// Runs `lookup` with the key's encoded form, without building the key
+    /// when it has not been yet ([`CacheKey::with_encoded`]).
+    pub fn with_encoded_key<R>(&self, lookup: impl FnOnce(&str) -> R) -> R {
+        match self.key.get() {
+            Some(key) => lookup(key.as_str()),
+            None => CacheKey::with_encoded(self.authority(), path_and_query(self.parts), lookup),
+        }
     }
 }
 

@@ -201,7 +201,7 @@ impl Fill {
         Fill {
             state: Arc::clone(state),
             origin: cx.origin.clone(),
-            key: cx.key.clone(),
+            key: cx.key().clone(),
             path_and_query: path_and_query(parts).to_owned(),
             origin_headers: super::forward::fill_headers(
                 &parts.headers,

@@ -55,12 +55,13 @@ impl Proxy {
         &self,
         cx: &RequestContext<'_>,
         route: &Route,
+        now: Instant,
     ) -> Result<Answer, Option<Arc<CachedResponse>>> {
         let parts = cx.parts;
-        let now = Instant::now();
         // The variant this request selects, fresh or not: looked up once
         // here, and once more by a leader (a flight may have landed between).
-        let stored = self.state.cache.select(&cx.key, &parts.headers);
+        let stored =
+            cx.with_encoded_key(|key| self.state.cache.select_at(key, &parts.headers, now));
         if let Some(entry) = &stored {
             match entry.reuse(now, cx.wishes(), &route.freshness) {
                 Reuse::Fresh => return Ok(render::hit(entry, parts, now)),
@@ -100,14 +101,14 @@ impl Proxy {
             if cx.wishes().only_if_cached {
                 return ProxyError::NotCached.into_answer(CacheOutcome::Error, cx.path());
             }
-            if self.state.pass_marks.is_marked(&cx.key, now) {
+            if self.state.pass_marks.is_marked(cx.key(), now) {
                 let body = reqwest::Body::from(Bytes::new());
                 return self.pass(cx, body, false, PassReason::HitForPass).await;
             }
             let deadline = now + route.lock_timeout;
             let mut abandoned = 0;
             while abandoned < MAX_ELECTIONS {
-                let follower = match self.state.flights.join(cx.key.clone()) {
+                let follower = match self.state.flights.join(cx.key().clone()) {
                     Join::Leader(leader) => return self.lead_or_hit(leader, cx, route).await,
                     Join::Follower(follower) => follower,
                 };
@@ -155,7 +156,7 @@ impl Proxy {
         route: &'a Route,
     ) -> Either<Ready<Answer>, Pin<Box<impl Future<Output = Answer> + Send + 'a>>> {
         let now = Instant::now();
-        let stored = self.state.cache.select(&cx.key, &cx.parts.headers);
+        let stored = self.state.cache.select(cx.key(), &cx.parts.headers);
         if let Some(entry) = &stored
             && entry.reuse(now, cx.wishes(), &route.freshness) == Reuse::Fresh
         {
@@ -381,10 +382,10 @@ impl Proxy {
         entry: &Arc<CachedResponse>,
         route: &Route,
     ) {
-        let Join::Leader(leader) = self.state.flights.join(cx.key.clone()) else {
+        let Join::Leader(leader) = self.state.flights.join(cx.key().clone()) else {
             return;
         };
-        let current = self.state.cache.select(&cx.key, &cx.parts.headers);
+        let current = self.state.cache.select(cx.key(), &cx.parts.headers);
         if !current.is_some_and(|current| Arc::ptr_eq(&current, entry)) {
             // Refreshed (or removed) between the lookup and the join.
             return;
@@ -537,6 +538,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::RouteMetrics;
+    use crate::proxy::context::Arrival;
     use crate::proxy::upstream::Upstream;
 
     /// The size of the future `call` returns, without calling it.
@@ -576,7 +578,13 @@ mod tests {
                 SocketAddr,
                 &RouteMetrics,
                 &Upstream,
-            )| proxy.dispatch(parts, body, client, None, metrics, origin),
+            )| {
+                let arrival = Arrival {
+                    client,
+                    at: Instant::now(),
+                };
+                proxy.dispatch(parts, body, arrival, None, metrics, origin)
+            },
         );
         assert!(
             dispatched <= 304,

@@ -30,7 +30,7 @@ mod upstream;
 use std::future::{Future, ready};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 use admission::Admission;
 pub use body::{BoxError, ProxyBody};
-use context::{RequestContext, declares_content, path_and_query, request_directives};
+use context::{Arrival, RequestContext, declares_content, request_directives};
 pub use error::ProxyError;
 pub use fill::FlightOutcome;
 use forward::ClientScheme;
@@ -355,15 +355,20 @@ impl Proxy {
         let origin = settings
             .upstreams
             .for_route(matched.map(|(_, route)| route));
+        let arrival = Arrival {
+            client,
+            at: started,
+        };
         let answer = self
-            .dispatch(&parts, body, client, matched, route_metrics, origin)
+            .dispatch(&parts, body, arrival, matched, route_metrics, origin)
             .await;
-        let elapsed = started.elapsed();
+        let finished = Instant::now();
+        let elapsed = finished.saturating_duration_since(started);
         route_metrics.record(answer.status.label(), elapsed);
         if settings.access_log
             && let Some(sink) = logging::access_log()
         {
-            render::log_access(sink, &parts, &answer, elapsed);
+            render::log_access(sink, &parts, &answer, elapsed, finished.into_std());
         }
         answer.response
     }
@@ -380,7 +385,7 @@ impl Proxy {
         &'a self,
         parts: &'a Parts,
         body: B,
-        client: SocketAddr,
+        arrival: Arrival,
         matched: Option<(usize, &'a Route)>,
         route_metrics: &'a RouteMetrics,
         origin: &'a Upstream,
@@ -410,14 +415,11 @@ impl Proxy {
             Some(Ok(host)) => host,
             None => None,
         };
-        let authority = upstream_host
-            .as_ref()
-            .and_then(|host| host.to_str().ok())
-            .unwrap_or(&origin.authority);
         let cx = RequestContext {
-            key: CacheKey::new(authority, path_and_query(parts)),
+            origin_authority: &origin.authority,
+            key: OnceLock::new(),
             parts,
-            client,
+            client: arrival.client,
             scheme: self.state.client_scheme,
             origin: &origin.client,
             route,
@@ -433,7 +435,7 @@ impl Proxy {
                 return refuse(admission.body_on_cacheable_request());
             }
             drop(body);
-            return match self.answer_from_cache(&cx, route) {
+            return match self.answer_from_cache(&cx, route, arrival.at) {
                 Ok(answer) => Either::Left(ready(answer)),
                 Err(stored) => {
                     Either::Right(Either::Left(

@@ -96,7 +96,7 @@ impl Proxy {
         if parts.method.is_safe() || !(status.is_success() || status.is_redirection()) {
             return;
         }
-        let mut doomed = vec![cx.key.clone()];
+        let mut doomed = vec![cx.key().clone()];
         // `Location` names the host the client addressed; the key holds the
         // authority sent upstream.
         let addressed = request_host(parts);
@@ -108,7 +108,7 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|target| same_origin_path(addressed, parts.uri.path(), target));
             if let Some(path) = target {
-                doomed.push(CacheKey::new(cx.key.authority(), &path));
+                doomed.push(CacheKey::new(cx.key().authority(), &path));
             }
         }
         for key in &doomed {

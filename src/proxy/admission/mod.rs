@@ -403,34 +403,47 @@ static REG_NAME: [bool; 256] = {
 /// percent-encoded octets, so no user info, path, query or space) or a
 /// bracketed IPv6 literal; then nothing, or `:` and a port that fits u16.
 fn host_port(text: &str) -> Option<HostPort<'_>> {
-    let host_len = if text.starts_with('[') {
+    let bytes = text.as_bytes();
+    let host_len = if bytes.first() == Some(&b'[') {
         let close = text.find(']')?;
-        let literal = &text[1..close];
-        let ipv6 = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
-        (!literal.is_empty() && literal.bytes().all(ipv6)).then_some(close + 1)?
+        let literal = &bytes[1..close];
+        let ipv6 = |b: &u8| b.is_ascii_hexdigit() || *b == b':' || *b == b'.';
+        (!literal.is_empty() && literal.iter().all(ipv6)).then_some(close + 1)?
     } else {
-        let bytes = text.as_bytes();
-        let end = bytes.iter().position(|&b| b == b':').unwrap_or(bytes.len());
-        let reg_name = &bytes[..end];
-        let valid = reg_name.iter().enumerate().all(|(at, &b)| {
-            REG_NAME[usize::from(b)]
-                || (b == b'%'
-                    && reg_name
-                        .get(at + 1..at + 3)
-                        .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
-        });
-        (end > 0 && valid).then_some(end)?
-    };
-    let (host, rest) = text.split_at(host_len);
-    let port = match rest.strip_prefix(':') {
-        None if rest.is_empty() => None,
-        None => return None,
-        Some(digits) => {
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        // One pass up to the port's `:`; a `%` must lead two hex digits.
+        let mut at = 0;
+        while let Some(&b) = bytes.get(at) {
+            if REG_NAME[usize::from(b)] {
+                at += 1;
+            } else if b == b'%'
+                && bytes
+                    .get(at + 1..at + 3)
+                    .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            {
+                at += 3;
+            } else if b == b':' {
+                break;
+            } else {
                 return None;
             }
-            Some(digits.parse::<u16>().ok()?)
         }
+        (at > 0).then_some(at)?
+    };
+    let (host, rest) = text.split_at(host_len);
+    let port = match rest.as_bytes() {
+        [] => None,
+        [b':', digits @ ..] if !digits.is_empty() => {
+            // Digits only (no sign, unlike `parse`), and no more than fit.
+            let mut port: u16 = 0;
+            for &digit in digits {
+                if !digit.is_ascii_digit() {
+                    return None;
+                }
+                port = port.checked_mul(10)?.checked_add(u16::from(digit - b'0'))?;
+            }
+            Some(port)
+        }
+        _ => return None,
     };
     Some(HostPort { host, port })
 }

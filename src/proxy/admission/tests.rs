@@ -149,6 +149,13 @@ fn host_must_be_one_valid_host_and_port() {
         addressed(get().header("host", "[::1]:80")),
         Ok(Some("[::1]:80".into()))
     );
+    for good in ["a%41b", "a:0", "a:65535", "xn--bcher-kva.example:1"] {
+        assert_eq!(
+            addressed(get().header("host", good)),
+            Ok(Some(good.into())),
+            "{good:?}"
+        );
+    }
     assert!(addressed(get()).is_err(), "HTTP/1.1 without Host");
     assert!(addressed(get().header("host", "a").header("host", "a")).is_err());
     for bad in [
@@ -158,6 +165,12 @@ fn host_must_be_one_valid_host_and_port() {
         "user@a",
         "a:",
         "a:99999",
+        "a:65536",
+        "a:+80",
+        "a:8 0",
+        ":80",
+        "a%4",
+        "a%zz",
         "a:x",
         "a?b",
         "a#b",

@@ -488,7 +488,13 @@ fn unsatisfiable(complete: u64, status: CacheStatus) -> Answer {
 /// Appends the access line for `answer` to `sink`: method, path (never the
 /// query, which may carry secrets), status, `cache_status` label, time to the
 /// response head, and body length when known before it is sent.
-pub fn log_access(sink: &LogSink, parts: &Parts, answer: &Answer, elapsed: std::time::Duration) {
+pub fn log_access(
+    sink: &LogSink,
+    parts: &Parts,
+    answer: &Answer,
+    elapsed: std::time::Duration,
+    at: std::time::Instant,
+) {
     let response = &answer.response;
     let bytes = http_body::Body::size_hint(response.body())
         .exact()
@@ -506,6 +512,7 @@ pub fn log_access(sink: &LogSink, parts: &Parts, answer: &Answer, elapsed: std::
         cache_status: answer.status.label().as_str(),
         duration_micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         bytes,
+        at,
     });
 }
 
