@@ -648,33 +648,51 @@ mod tests {
 
     #[test]
     fn a_writer_that_cannot_keep_up_costs_lines_not_memory() {
-        /// Blocks every write until the test lets it go.
-        struct Stuck(std::sync::mpsc::Receiver<()>, Vec<u8>);
+        /// Reports each write as it starts, then blocks it until the test
+        /// lets it go.
+        struct Stuck {
+            entered: std::sync::mpsc::Sender<()>,
+            gate: std::sync::mpsc::Receiver<()>,
+        }
         impl Write for Stuck {
             fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                let _ = self.0.recv();
-                self.1.extend_from_slice(buf);
+                let _ = self.entered.send(());
+                let _ = self.gate.recv();
                 Ok(buf.len())
             }
             fn flush(&mut self) -> io::Result<()> {
                 Ok(())
             }
         }
-        let (release, released) = std::sync::mpsc::channel();
-        let (sink, guard) = LogSink::spawn(Stuck(released, Vec::new()), LogFormat::Text).unwrap();
-        let line = vec![b'x'; 1023];
-        let mut line = line;
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, gate) = std::sync::mpsc::channel();
+        let stuck = Stuck {
+            entered: entered_tx,
+            gate,
+        };
+        let (sink, guard) = LogSink::spawn(stuck, LogFormat::Text).unwrap();
+        sink.append(b"first\n");
+        // The writer has taken "first" and is stuck writing it: it cannot
+        // take the flood below, nor the count of lines it drops.
+        entered.recv().unwrap();
+        let mut line = vec![b'x'; 1023];
         line.push(b'\n');
         // Far more than MAX_PENDING_BYTES while the writer is stuck.
         for _ in 0..(3 * MAX_PENDING_BYTES / line.len()) {
             sink.append(&line);
         }
-        {
+        let (held, dropped) = {
             let pending = sink.lock();
-            assert!(pending.lines.len() <= MAX_PENDING_BYTES);
-            assert!(pending.dropped > 0);
-        }
+            (pending.lines.len(), pending.dropped)
+        };
+        // Let the writer go before asserting: a failed assertion must fail
+        // the test, not leave it waiting on a stuck writer.
         drop(release);
         drop(guard);
+        assert!(held <= MAX_PENDING_BYTES, "{held} bytes held");
+        assert!(
+            dropped >= (2 * MAX_PENDING_BYTES / line.len()) as u64,
+            "{dropped} lines dropped"
+        );
     }
 }
