@@ -11,7 +11,9 @@
 # OBJECTS (default 100000), FOLLOWERS (default 10000), BASE_PORT (default
 # 27100; uses BASE_PORT..BASE_PORT+9), CORRAL_BEFORE (path to another corral
 # binary, e.g. a build of an older commit: phase hits then measures it too,
-# as shipped, as target corral-before).
+# as shipped, as target corral-before), RESTART (default 1: phase hits starts
+# every server anew before each round after the first; 0 keeps one process
+# of each for all rounds).
 #
 # Needs cargo, curl, ss, taskset and wrk. Phase hits also needs nginx: when
 # it is missing the script installs Debian's nginx-light (apt-get, as root or
@@ -42,6 +44,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-bench}"
 PHASES="${PHASES:-hits coldstart objects followers}"
 RUNS="${RUNS:-3}"
+RESTART="${RESTART:-1}"
 DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 COLD_RUNS="${COLD_RUNS:-20}"
@@ -354,7 +357,8 @@ EOF
         VARIANTS+=(before)
         TARGETS+=(corral-before)
     fi
-    for variant in "${VARIANTS[@]}"; do
+    launch_corral() {  # launch_corral VARIANT: starts it on core 0, warms its key
+        local variant=$1 status
         start "corral-$variant" env RUST_LOG="${LEVEL[$variant]}" taskset -c 0 "${CORRAL_BIN[$variant]}" \
             --origin "http://127.0.0.1:$STATIC_PORT" --listen "127.0.0.1:${PROXY[$variant]}" \
             --admin-listen "127.0.0.1:${ADMIN[$variant]}" --ttl 3600s
@@ -365,6 +369,9 @@ EOF
         curl -sf -o /dev/null "${URL[corral-$variant]}"
         status=$(cache_status "${URL[corral-$variant]}" cache-status)
         [[ $status == *"; hit"* ]] || die "key not warm on corral-$variant (cache-status: $status)"
+    }
+    for variant in "${VARIANTS[@]}"; do
+        launch_corral "$variant"
         echo "corral-$variant: RUST_LOG=${LEVEL[$variant]}, $(threads "${SERVER_PID[corral-$variant]}") threads"
     done
     for label in "${TARGETS[@]}"; do
@@ -387,8 +394,39 @@ EOF
         echo "    server CPU (user+sys): $(((after - before) * 1000 / CLK_TCK)) ms, $(tail -n 1 "$WORK/$label.cpu") us/request, core 0 busy with it ${busy}% of the run"
         echo "$busy" >>"$WORK/$label.busy"
     }
+    # relaunch LABEL: stops LABEL's server and starts it again as above,
+    # warm. A process's own memory layout moves its req/s by several
+    # percent (the same binary, restarted, ran that much faster or slower),
+    # so with RESTART=1 each round measures a new process of every server.
+    relaunch() {
+        local label=$1 status
+        stop "${SERVER_PID[$label]}"
+        case $label in
+            baseline)
+                start static taskset -c 0 "$BIN/examples/static_server" "$STATIC_PORT" "$SLOW_SECS"
+                STATIC_PID=$STARTED
+                SERVER_PID[baseline]=$STARTED
+                wait_http "http://127.0.0.1:$STATIC_PORT/"
+                ;;
+            nginx-static)
+                start_nginx nginx-static "$NGINX_STATIC_PORT"
+                SERVER_PID[$label]=$NGINX_PID
+                ;;
+            nginx-cache)
+                start_nginx nginx-cache "$NGINX_CACHE_PORT"
+                SERVER_PID[$label]=$NGINX_PID
+                curl -sf -o /dev/null "${URL[$label]}"
+                status=$(cache_status "${URL[$label]}" x-cache-status)
+                [[ $status == HIT ]] || die "key not warm on nginx-cache after a restart (X-Cache-Status: $status)"
+                ;;
+            corral-*) launch_corral "${label#corral-}" ;;
+        esac
+    }
     for run in $(seq 1 "$RUNS"); do
         for label in "${TARGETS[@]}"; do
+            if [[ $RESTART == 1 && $run -gt 1 ]]; then
+                relaunch "$label"
+            fi
             wrk_run "$label" "${URL[$label]}" "${SERVER_PID[$label]}"
         done
     done
@@ -397,7 +435,7 @@ EOF
         echo "corral-$variant origin requests in all: ${fills:-?} (1 = the warm-up miss only)"
         stop "${SERVER_PID[corral-$variant]}"
     done
-    echo "corral-default stderr (its access log): $(wc -l <"$WORK/corral-default.err") lines"
+    echo "corral-default stderr (its access log, last process): $(wc -l <"$WORK/corral-default.err") lines"
     for label in nginx-static nginx-cache; do
         stop "${SERVER_PID[$label]}"
         echo "$label access log: $(wc -l <"$WORK/$label/access.log") lines"
