@@ -285,13 +285,17 @@ wait_http "http://127.0.0.1:$STATIC_PORT/"
 if [[ " $PHASES " == *" hits "* ]]; then
     echo
     echo "## hits/s: wrk -t1 -c$CONNECTIONS -d$DURATION on core 1, servers on core 0"
-    stop "$STATIC_PID"
-    start static taskset -c 0 "$BIN/examples/static_server" "$STATIC_PORT" "$SLOW_SECS"
-    STATIC_PID=$STARTED
-    wait_http "http://127.0.0.1:$STATIC_PORT/"
     TARGETS=(baseline nginx-static nginx-cache corral-default corral-quiet)
     declare -A URL=([baseline]="http://127.0.0.1:$STATIC_PORT/obj/hot")
-    declare -A SERVER_PID=([baseline]=$STATIC_PID)
+    declare -A SERVER_PID=()
+    launch_baseline() {  # static_server on core 0: the baseline, and the proxies' origin
+        start static taskset -c 0 "$BIN/examples/static_server" "$STATIC_PORT" "$SLOW_SECS"
+        STATIC_PID=$STARTED
+        SERVER_PID[baseline]=$STARTED
+        wait_http "http://127.0.0.1:$STATIC_PORT/"
+    }
+    stop "$STATIC_PID"
+    launch_baseline
     echo "baseline: static_server, $(threads "$STATIC_PID") threads"
 
     # nginx, one worker each, both on core 0. The static one is the ceiling:
@@ -331,17 +335,21 @@ EOF
     start_nginx nginx-cache "$NGINX_CACHE_PORT"
     SERVER_PID[nginx-cache]=$NGINX_PID
     URL[nginx-cache]="http://127.0.0.1:$NGINX_CACHE_PORT/obj/hot"
-    # Warm the key; the second answer must be a hit.
     cache_status() {
         curl -sf -o /dev/null -D - "$1" | tr -d '\r' | awk -F': ' -v name="$2" 'tolower($1) == name { print $2 }'
     }
-    first=$(cache_status "${URL[nginx-cache]}" x-cache-status)
-    second=$(cache_status "${URL[nginx-cache]}" x-cache-status)
-    [[ $second == HIT ]] || die "key not warm on nginx-cache (X-Cache-Status: $first, then $second)"
+    warm_nginx_cache() {  # warms the key (the second answer must be a hit); sets NGINX_WARMUP
+        local first second
+        first=$(cache_status "${URL[nginx-cache]}" x-cache-status)
+        second=$(cache_status "${URL[nginx-cache]}" x-cache-status)
+        [[ $second == HIT ]] || die "key not warm on nginx-cache (X-Cache-Status: $first, then $second)"
+        NGINX_WARMUP="$first, then $second"
+    }
+    warm_nginx_cache
     for label in nginx-static nginx-cache; do
         echo "$label: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), worker_processes 1; under master ${SERVER_PID[$label]}: $(ps -o args= --ppid "${SERVER_PID[$label]}" | paste -sd',' | sed 's/,/, /g')"
     done
-    echo "nginx-cache warm-up: X-Cache-Status $first, then $second"
+    echo "nginx-cache warm-up: X-Cache-Status $NGINX_WARMUP"
 
     # Two corrals in front of static_server, both on core 0:
     #   default: as shipped (access log at info, written to a file);
@@ -399,15 +407,10 @@ EOF
     # percent (the same binary, restarted, ran that much faster or slower),
     # so with RESTART=1 each round measures a new process of every server.
     relaunch() {
-        local label=$1 status
+        local label=$1
         stop "${SERVER_PID[$label]}"
         case $label in
-            baseline)
-                start static taskset -c 0 "$BIN/examples/static_server" "$STATIC_PORT" "$SLOW_SECS"
-                STATIC_PID=$STARTED
-                SERVER_PID[baseline]=$STARTED
-                wait_http "http://127.0.0.1:$STATIC_PORT/"
-                ;;
+            baseline) launch_baseline ;;
             nginx-static)
                 start_nginx nginx-static "$NGINX_STATIC_PORT"
                 SERVER_PID[$label]=$NGINX_PID
@@ -415,9 +418,7 @@ EOF
             nginx-cache)
                 start_nginx nginx-cache "$NGINX_CACHE_PORT"
                 SERVER_PID[$label]=$NGINX_PID
-                curl -sf -o /dev/null "${URL[$label]}"
-                status=$(cache_status "${URL[$label]}" x-cache-status)
-                [[ $status == HIT ]] || die "key not warm on nginx-cache after a restart (X-Cache-Status: $status)"
+                warm_nginx_cache
                 ;;
             corral-*) launch_corral "${label#corral-}" ;;
         esac

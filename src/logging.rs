@@ -263,28 +263,21 @@ impl Pending {
     }
 
     /// Wall-clock microseconds since the epoch at `at`, from the clock pair
-    /// when `at` lies within a second after it, else from a new pair.
+    /// when `at` lies within a second of it (either side: another thread
+    /// may have renewed it after `at` was taken), else from a new pair.
     fn wall_micros(&mut self, at: Instant) -> u64 {
-        let second = Duration::from_secs(1);
-        if let Some((then, wall)) = self.clock {
-            match at.checked_duration_since(then) {
-                Some(passed) if passed < second => return wall + passed.as_micros() as u64,
-                Some(_) => {}
-                // Another thread renewed the pair after this line's moment.
-                None if then - at < second => {
-                    return wall.saturating_sub((then - at).as_micros() as u64);
-                }
-                None => {}
+        if let Some(pair) = self.clock {
+            let (wall, apart) = wall_at(pair, at);
+            if apart < Duration::from_secs(1) {
+                return wall;
             }
         }
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let wall = u64::try_from(wall.as_micros()).unwrap_or(0);
-        let then = Instant::now();
-        self.clock = Some((then, wall));
-        // `at` may precede the new pair by the moments since it was taken.
-        wall.saturating_sub(then.saturating_duration_since(at).as_micros() as u64)
+        let pair = (Instant::now(), u64::try_from(wall.as_micros()).unwrap_or(0));
+        self.clock = Some(pair);
+        wall_at(pair, at).0
     }
 
     fn refresh_stamp(&mut self, second: u64) {
@@ -298,6 +291,18 @@ impl Pending {
         if let Some(prefix) = text.get(..19) {
             self.stamp.copy_from_slice(prefix);
             self.stamp_second = second;
+        }
+    }
+}
+
+/// The wall-clock microseconds at `at`, read off a (monotonic, wall) pair,
+/// and how far `at` lies from the pair.
+fn wall_at((then, wall): (Instant, u64), at: Instant) -> (u64, Duration) {
+    match at.checked_duration_since(then) {
+        Some(after) => (wall + after.as_micros() as u64, after),
+        None => {
+            let before = then - at;
+            (wall.saturating_sub(before.as_micros() as u64), before)
         }
     }
 }
