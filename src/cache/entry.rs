@@ -780,10 +780,22 @@ impl CachedResponse {
         request: &RequestDirectives,
         policy: &FreshnessPolicy,
     ) -> Reuse {
+        self.reuse_at_age(self.current_age(now), request, policy)
+    }
+
+    /// [`CachedResponse::reuse`] for a caller that has its
+    /// [`CachedResponse::current_age`] already: a hit reads the age once and
+    /// judges and renders with it.
+    pub fn reuse_at_age(
+        &self,
+        age: Duration,
+        request: &RequestDirectives,
+        policy: &FreshnessPolicy,
+    ) -> Reuse {
         policy::reuse(
             &self.rules.directives(),
             self.lifetime(),
-            self.current_age(now),
+            age,
             request,
             policy,
         )

@@ -63,8 +63,9 @@ impl Proxy {
         let stored =
             cx.with_encoded_key(|key| self.state.cache.select_at(key, &parts.headers, now));
         if let Some(entry) = &stored {
-            match entry.reuse(now, cx.wishes(), &route.freshness) {
-                Reuse::Fresh => return Ok(render::hit(entry, parts, now)),
+            let age = entry.current_age(now);
+            match entry.reuse_at_age(age, cx.wishes(), &route.freshness) {
+                Reuse::Fresh => return Ok(render::hit(entry, parts, age)),
                 Reuse::Stale {
                     may_serve_while_revalidate: true,
                     ..
@@ -155,11 +156,12 @@ impl Proxy {
         cx: &'a RequestContext<'a>,
         route: &'a Route,
     ) -> Either<Ready<Answer>, Pin<Box<impl Future<Output = Answer> + Send + 'a>>> {
-        let now = Instant::now();
         let stored = self.state.cache.select(cx.key(), &cx.parts.headers);
-        if let Some(entry) = &stored
-            && entry.reuse(now, cx.wishes(), &route.freshness) == Reuse::Fresh
-        {
+        let fresh_at_age = stored.as_ref().and_then(|entry| {
+            let age = entry.current_age(Instant::now());
+            (entry.reuse_at_age(age, cx.wishes(), &route.freshness) == Reuse::Fresh).then_some(age)
+        });
+        if let (Some(entry), Some(age)) = (&stored, fresh_at_age) {
             leader.publish(FlightOutcome::Shared {
                 response: Arc::clone(entry),
                 stored: true,
@@ -168,7 +170,7 @@ impl Proxy {
                 from_shared_tier: false,
             });
             leader.finish();
-            return Either::Left(ready(render::hit(entry, cx.parts, now)));
+            return Either::Left(ready(render::hit(entry, cx.parts, age)));
         }
         Either::Right(self.lead(leader, cx, route, stored))
     }

@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -142,13 +143,18 @@ fn after_upstream(headers: &http::HeaderMap, ours: &HeaderValue) -> HeaderValue 
 /// A plain GET or HEAD (no range, no validators), most hits, gets a copy of
 /// the head this worker thread last rendered for the entry in the same
 /// second, when there is one (see [`HitHead`]).
-pub fn hit(entry: &Arc<CachedResponse>, parts: &Parts, now: Instant) -> Answer {
-    if !entry.is_fresh(now) {
+///
+/// `age` is the entry's [`CachedResponse::current_age`] when the request
+/// arrived, read once by the caller that judged the entry reusable: whether
+/// it is fresh, its `Age` and its `ttl` all follow from it.
+pub fn hit(entry: &Arc<CachedResponse>, parts: &Parts, age: Duration) -> Answer {
+    let lifetime = entry.lifetime().duration;
+    if age >= lifetime {
         let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::ClientMaxStale));
-        return from_entry(entry, status, parts, now);
+        return from_entry_at_age(entry, status, parts, age);
     }
-    let ttl = entry.ttl_secs(now);
-    let age = entry.age_secs(now);
+    let ttl = (lifetime - age).as_secs();
+    let age = age.as_secs();
     let status = CacheStatus {
         ttl: Some(ttl),
         ..CacheStatus::of(CacheOutcome::Hit)
@@ -295,7 +301,17 @@ pub fn from_entry(
     parts: &Parts,
     now: Instant,
 ) -> Answer {
-    let age = HeaderValue::from(entry.age_secs(now));
+    from_entry_at_age(entry, status, parts, entry.current_age(now))
+}
+
+/// [`from_entry`] with the entry's current age already read.
+fn from_entry_at_age(
+    entry: &CachedResponse,
+    status: CacheStatus,
+    parts: &Parts,
+    age: Duration,
+) -> Answer {
+    let age = HeaderValue::from(age.as_secs());
     render_entry(entry, status, status.header(), parts, age)
 }
 

@@ -291,7 +291,7 @@ fn only_stored_200s_answer_ranges() {
 async fn a_plain_hit_head_is_the_entrys_own_and_of_this_second() {
     let entry = Arc::new(stored(StatusCode::OK, BODY));
     let get = request(Method::GET, &[]);
-    let first = hit(&entry, &get, Instant::now());
+    let first = hit_now(&entry, &get);
     assert_eq!(header_of(&first, "age"), Some("0"));
     assert_eq!(
         header_of(&first, "cache-status"),
@@ -307,11 +307,11 @@ async fn a_plain_hit_head_is_the_entrys_own_and_of_this_second() {
         headers
     };
     assert_eq!(without_status(&first), without_status(&built));
-    let again = hit(&entry, &get, Instant::now());
+    let again = hit_now(&entry, &get);
     assert_eq!(again.response.headers(), first.response.headers());
 
     tokio::time::advance(std::time::Duration::from_secs(2)).await;
-    let later = hit(&entry, &get, Instant::now());
+    let later = hit_now(&entry, &get);
     assert_eq!(header_of(&later, "age"), Some("2"));
     assert_eq!(
         header_of(&later, "cache-status"),
@@ -319,17 +319,17 @@ async fn a_plain_hit_head_is_the_entrys_own_and_of_this_second() {
     );
 
     // HEAD shares the head, not the body.
-    let head = hit(&entry, &request(Method::HEAD, &[]), Instant::now());
+    let head = hit_now(&entry, &request(Method::HEAD, &[]));
     assert_eq!(head.response.headers(), later.response.headers());
     assert_eq!(body_of(&head), b"");
 
     // Another entry, hit in the same second, gets its own lines: never the
     // head kept for the first, whichever slot it falls in.
     let other = Arc::new(stored_typed(StatusCode::OK, BODY, "application/json"));
-    let answer = hit(&other, &get, Instant::now());
+    let answer = hit_now(&other, &get);
     assert_eq!(header_of(&answer, "content-type"), Some("application/json"));
     assert_eq!(
-        header_of(&hit(&entry, &get, Instant::now()), "content-type"),
+        header_of(&hit_now(&entry, &get), "content-type"),
         Some("text/plain")
     );
 }
@@ -339,19 +339,19 @@ async fn a_plain_hit_head_is_the_entrys_own_and_of_this_second() {
 #[tokio::test(start_paused = true)]
 async fn conditional_and_ranged_hits_are_rendered_from_the_entry() {
     let entry = Arc::new(stored(StatusCode::OK, BODY));
-    let plain = hit(&entry, &request(Method::GET, &[]), Instant::now());
+    let plain = hit_now(&entry, &request(Method::GET, &[]));
     assert_eq!(plain.response.status(), StatusCode::OK);
-    let matched = hit(
+    let matched = hit_now(
         &entry,
         &request(Method::GET, &[("if-none-match", "\"v1\"")]),
-        Instant::now(),
     );
     assert_eq!(matched.response.status(), StatusCode::NOT_MODIFIED);
-    let ranged = hit(
-        &entry,
-        &request(Method::GET, &[("range", "bytes=0-3")]),
-        Instant::now(),
-    );
+    let ranged = hit_now(&entry, &request(Method::GET, &[("range", "bytes=0-3")]));
     assert_eq!(ranged.response.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(body_of(&ranged), b"0123");
+}
+
+/// [`hit`] as of now: the entry's age read the way a lookup reads it.
+fn hit_now(entry: &Arc<CachedResponse>, parts: &Parts) -> Answer {
+    hit(entry, parts, entry.current_age(Instant::now()))
 }
