@@ -399,19 +399,21 @@ EOF
 
     wrk_run() {  # wrk_run LABEL URL SERVER_PID: raw summary lines, req/s, server CPU per request
         local label=$1 url=$2 pid=$3 out="$WORK/wrk.txt" before after requests busy
-        local steal0 steal1 attempt stolen
+        local steal0 steal1 attempt
+        # share TICKS: TICKS as a whole percentage of the wrk run just made.
+        share() { awk -v t="$1" -v hz="$CLK_TCK" '/requests in/ { sub("s,", "", $4); printf "%.0f", t / hz / $4 * 100 }' "$out"; }
         for ((attempt = 0; ; attempt++)); do
             steal0=$(steal_ticks 0)
             steal1=$(steal_ticks 1)
             before=$(cpu_ticks "$pid")
             taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "$url" >"$out"
             after=$(cpu_ticks "$pid")
-            steal0=$(($(steal_ticks 0) - steal0))
-            steal1=$(($(steal_ticks 1) - steal1))
-            # The larger share of either core's time the hypervisor took.
-            stolen=$(awk -v s0="$steal0" -v s1="$steal1" -v hz="$CLK_TCK" '/requests in/ { sub("s,", "", $4); s = s0 > s1 ? s0 : s1; printf "%.0f", s / hz / $4 * 100 }' "$out")
-            ((${stolen:-0} > MAX_STEAL && attempt < STEAL_RETRIES)) || break
-            echo "### $label: attempt discarded, ${stolen}% of a core stolen by the hypervisor (MAX_STEAL=$MAX_STEAL); again"
+            # Time the hypervisor took from this guest's cores, in percent: a
+            # starved run with steal was starved by other machines.
+            steal0=$(share $(($(steal_ticks 0) - steal0)))
+            steal1=$(share $(($(steal_ticks 1) - steal1)))
+            ((steal0 > MAX_STEAL || steal1 > MAX_STEAL)) && ((attempt < STEAL_RETRIES)) || break
+            echo "### $label: attempt discarded, ${steal0}% of core 0 and ${steal1}% of core 1 stolen by the hypervisor (MAX_STEAL=$MAX_STEAL); again"
         done
         requests=$(awk '/requests in/ { print $1 }' "$out")
         echo "### $label: taskset -c 1 wrk -t1 -c$CONNECTIONS -d$DURATION $url"
@@ -419,13 +421,11 @@ EOF
         awk '/^Requests\/sec:/ { print $2 }' "$out" >>"$WORK/$label.rps"
         awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
             'BEGIN { printf "%.2f\n", t / hz * 1e6 / n }' >>"$WORK/$label.cpu"
-        busy=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" '/requests in/ { sub("s,", "", $4); printf "%.0f", t / hz / $4 * 100 }' "$out")
+        busy=$(share $((after - before)))
         echo "    server CPU (user+sys): $(((after - before) * 1000 / CLK_TCK)) ms, $(tail -n 1 "$WORK/$label.cpu") us/request, core 0 busy with it ${busy}% of the run"
-        # Time the hypervisor took from this guest's cores: a starved run with
-        # steal was starved by other machines, not by anything here.
-        awk -v s0="$steal0" -v s1="$steal1" -v hz="$CLK_TCK" '/requests in/ { sub("s,", "", $4); printf "    stolen by the hypervisor: core 0 %.0f%%, core 1 %.0f%% of the run\n", s0 / hz / $4 * 100, s1 / hz / $4 * 100 }' "$out"
+        echo "    stolen by the hypervisor: core 0 ${steal0}%, core 1 ${steal1}% of the run"
         echo "$busy" >>"$WORK/$label.busy"
-        awk -v s="$steal0" -v hz="$CLK_TCK" '/requests in/ { sub("s,", "", $4); printf "%.0f\n", s / hz / $4 * 100 }' "$out" >>"$WORK/$label.steal"
+        echo "$steal0" >>"$WORK/$label.steal"
     }
     # relaunch LABEL: stops LABEL's server and starts it again as above,
     # warm. A process's own memory layout moves its req/s by several

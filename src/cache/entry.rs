@@ -745,9 +745,10 @@ impl CachedResponse {
         headers
     }
 
-    /// Whether the entry is fresh at `now` (before any client's wishes).
+    /// Whether the entry is fresh at `now` (before any client's wishes):
+    /// its current age is under its lifetime, as [`policy::reuse`] judges.
     pub fn is_fresh(&self, now: Instant) -> bool {
-        now < self.fresh_until()
+        !self.freshness_left(self.current_age(now)).is_zero()
     }
 
     /// Its `current_age` at `now` (RFC 9111 §4.2.3).
@@ -766,9 +767,15 @@ impl CachedResponse {
         self.current_age(now).as_secs()
     }
 
+    /// Freshness left at `age` (its [`CachedResponse::current_age`]): zero
+    /// once it is stale.
+    pub fn freshness_left(&self, age: Duration) -> Duration {
+        self.lifetime().duration.saturating_sub(age)
+    }
+
     /// Whole seconds of freshness left at `now`.
     pub fn ttl_secs(&self, now: Instant) -> u64 {
-        self.fresh_until().saturating_duration_since(now).as_secs()
+        self.freshness_left(self.current_age(now)).as_secs()
     }
 
     /// Whether it may answer a request with `request` directives at `now`

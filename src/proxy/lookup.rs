@@ -157,20 +157,19 @@ impl Proxy {
         route: &'a Route,
     ) -> Either<Ready<Answer>, Pin<Box<impl Future<Output = Answer> + Send + 'a>>> {
         let stored = self.state.cache.select(cx.key(), &cx.parts.headers);
-        let fresh_at_age = stored.as_ref().and_then(|entry| {
+        if let Some(entry) = &stored {
             let age = entry.current_age(Instant::now());
-            (entry.reuse_at_age(age, cx.wishes(), &route.freshness) == Reuse::Fresh).then_some(age)
-        });
-        if let (Some(entry), Some(age)) = (&stored, fresh_at_age) {
-            leader.publish(FlightOutcome::Shared {
-                response: Arc::clone(entry),
-                stored: true,
-                fwd_status: entry.status,
-                revalidated: false,
-                from_shared_tier: false,
-            });
-            leader.finish();
-            return Either::Left(ready(render::hit(entry, cx.parts, age)));
+            if entry.reuse_at_age(age, cx.wishes(), &route.freshness) == Reuse::Fresh {
+                leader.publish(FlightOutcome::Shared {
+                    response: Arc::clone(entry),
+                    stored: true,
+                    fwd_status: entry.status,
+                    revalidated: false,
+                    from_shared_tier: false,
+                });
+                leader.finish();
+                return Either::Left(ready(render::hit(entry, cx.parts, age)));
+            }
         }
         Either::Right(self.lead(leader, cx, route, stored))
     }

@@ -148,12 +148,12 @@ fn after_upstream(headers: &http::HeaderMap, ours: &HeaderValue) -> HeaderValue 
 /// arrived, read once by the caller that judged the entry reusable: whether
 /// it is fresh, its `Age` and its `ttl` all follow from it.
 pub fn hit(entry: &Arc<CachedResponse>, parts: &Parts, age: Duration) -> Answer {
-    let lifetime = entry.lifetime().duration;
-    if age >= lifetime {
+    let left = entry.freshness_left(age);
+    if left.is_zero() {
         let status = CacheStatus::of(CacheOutcome::Stale(StaleReason::ClientMaxStale));
         return from_entry_at_age(entry, status, parts, age);
     }
-    let ttl = (lifetime - age).as_secs();
+    let ttl = left.as_secs();
     let age = age.as_secs();
     let status = CacheStatus {
         ttl: Some(ttl),
