@@ -393,6 +393,11 @@ pub struct ServerConfig {
     /// and `http/1.1`), presenting this certificate. SIGHUP and
     /// `POST /reload` load the files again for new connections.
     pub tls: Option<TlsFiles>,
+    /// Whether fresh cache hits on plain HTTP/1.1 GET and HEAD requests are
+    /// answered on the listener's quick path, before hyper (see
+    /// [`crate::server`]). The same bytes, metrics and log lines either way;
+    /// `false` sends every request through hyper.
+    pub quick_hits: bool,
 }
 
 impl Default for ServerConfig {
@@ -408,6 +413,7 @@ impl Default for ServerConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             hosts: Vec::new(),
             tls: None,
+            quick_hits: true,
         }
     }
 }

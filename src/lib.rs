@@ -45,6 +45,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ::http::request::Parts;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -54,7 +55,7 @@ use crate::metrics::Metrics;
 use crate::origin::OriginSpec;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
-use crate::server::{ConnectionLimits, ListenerMetrics};
+use crate::server::{ConnectionLimits, ListenerMetrics, NoQuickPath};
 use crate::tls::{ListenerCertificates, ListenerTls};
 
 /// Why corral could not start.
@@ -76,6 +77,8 @@ pub enum StartError {
 pub struct Corral {
     proxy: Proxy,
     limits: ConnectionLimits,
+    /// `server.quick_hits`: fresh hits answered before hyper.
+    quick_hits: bool,
     tls: ListenerTls,
     reloader: Reloader,
 }
@@ -110,6 +113,7 @@ impl Corral {
             reloader: Reloader::new(proxy.clone(), tls.clone(), config.clone(), None),
             proxy,
             limits: ConnectionLimits::from_config(&config.server),
+            quick_hits: config.server.quick_hits,
             tls,
         })
     }
@@ -155,6 +159,10 @@ impl Corral {
             ListenerMetrics::of(proxy.metrics()),
             self.tls.server.as_ref().map(|tls| tls.acceptor()),
             move |request, client| proxy.clone().serve(request, client),
+            self.quick_hits.then(|| {
+                let proxy = self.proxy.clone();
+                move |parts: &Parts, client| proxy.answer_hit_at_once(parts, client)
+            }),
             wait_stop(stopped.clone()),
         );
         let admin_handler = Admin::new(self.proxy.clone(), self.reloader.clone());
@@ -171,6 +179,7 @@ impl Corral {
                 let admin_handler = admin_handler.clone();
                 async move { admin_handler.handle(request).await }
             },
+            None::<NoQuickPath>,
             wait_stop(stopped),
         );
         let trigger = async move {

@@ -121,6 +121,9 @@ pub struct Metrics {
     pub flight_followers: Counter,
     /// Requests waiting on another request's fetch now.
     pub followers_waiting: Gauge,
+    /// Hits answered on the listener's quick path (also counted in
+    /// `requests` as hits), since start.
+    pub quick_hits: Counter,
     /// Bytes held by bodies shared with the clients of their fetch now.
     pub stream_retained_bytes: Gauge,
     /// Readers of a shared body cut loose for falling too far behind, since start.
@@ -195,6 +198,12 @@ impl Metrics {
             "Requests waiting on another request's origin fetch now",
             followers_waiting.clone(),
         );
+        let quick_hits = Counter::default();
+        registry.register(
+            "quick_hits",
+            "Cache hits answered on the listener's quick path, before hyper (a subset of the hits in requests_total)",
+            quick_hits.clone(),
+        );
         let stream_retained_bytes = Gauge::default();
         registry.register(
             "stream_retained_bytes",
@@ -256,6 +265,7 @@ impl Metrics {
             flights_in_progress,
             flight_followers,
             followers_waiting,
+            quick_hits,
             stream_retained_bytes,
             stream_readers_cut,
             cache_entries,

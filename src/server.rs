@@ -34,6 +34,25 @@
 //! `h2` and `http/1.1`; the HTTP version is then read off the connection's
 //! first bytes, as on a plaintext listener, and every limit above applies
 //! to the decrypted stream.
+//!
+//! # The quick path
+//!
+//! A listener given a quick answer (corral's proxy listener, unless
+//! `server.quick_hits = false`) starts every connection, plaintext or TLS,
+//! on a path of its own before hyper: it reads the head with httparse
+//! (hyper's parser) and, when the head is *plain* (an origin-form GET or
+//! HEAD over HTTP/1.1 without body framing, `Connection`, `Upgrade`,
+//! `Expect`, `TE`, `Keep-Alive` or `Proxy-*` fields, at most 32 lines; see
+//! [`PlainHead::read`]), offers it to the quick answer. The proxy answers
+//! only fresh whole-response cache hits there, in bytes it encoded once per
+//! entry and second: what hyper would have written, without hyper's
+//! per-request work. Every other head, the first one declined, and
+//! everything after it on the connection, go to hyper, which reads them
+//! from the same bytes: the quick path never answers, refuses or closes on a
+//! request it did not answer itself. Its limits are hyper's: the timeouts
+//! above, run by the same watchdog (a response the client has not taken
+//! within the idle timeout ends the connection), and heads no longer than
+//! hyper's buffer.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -45,8 +64,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
+use http::request::Parts;
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -54,7 +74,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio::task::JoinSet;
@@ -62,6 +82,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
+use crate::http::wire::{Head, PlainHead, WireResponse};
 use crate::metrics::{ClientLimit, ClientLimitCounters, Metrics};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does
@@ -138,19 +159,24 @@ impl ListenerMetrics {
 /// With `tls`, every connection must complete a TLS handshake first (see the
 /// module docs); without it, the listener speaks plaintext HTTP.
 ///
-/// `handler` is called once per request with the client's address.
-pub async fn serve<H, F, B>(
+/// `handler` is called once per request with the client's address. With
+/// `quick`, HTTP/1 connections start on the quick path (see the module
+/// docs): `quick` is offered each plain request head first, and `handler`
+/// gets the requests it declines.
+pub async fn serve<H, F, B, Q>(
     listener: TcpListener,
     limits: ConnectionLimits,
     metrics: ListenerMetrics,
     tls: Option<TlsAcceptor>,
     handler: H,
+    quick: Option<Q>,
     shutdown: impl Future<Output = ()>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Q: QuickAnswer,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -170,6 +196,7 @@ pub async fn serve<H, F, B>(
     let shared = Arc::new(Listener {
         builder,
         handler,
+        quick,
         limits,
         counters: metrics.limits.clone(),
         tls,
@@ -271,9 +298,11 @@ impl Drop for OpenConnection {
 }
 
 /// What every connection task of one listener shares.
-struct Listener<H> {
+struct Listener<H, Q> {
     builder: auto::Builder<TokioExecutor>,
     handler: H,
+    /// Offered every plain HTTP/1 head first, when set.
+    quick: Option<Q>,
     limits: ConnectionLimits,
     counters: ClientLimitCounters,
     /// Present when the listener terminates TLS.
@@ -282,8 +311,8 @@ struct Listener<H> {
 
 /// Serves one connection (after its TLS handshake, on a TLS listener) until
 /// it ends, the server stops, or a timeout cuts it off.
-async fn serve_connection<H, F, B>(
-    listener: Arc<Listener<H>>,
+async fn serve_connection<H, F, B, Q>(
+    listener: Arc<Listener<H, Q>>,
     stream: TcpStream,
     client: SocketAddr,
     stopped: watch::Receiver<bool>,
@@ -293,6 +322,7 @@ async fn serve_connection<H, F, B>(
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Q: QuickAnswer,
 {
     if listener.tls.is_none() {
         return serve_http(listener, stream, client, stopped).await;
@@ -304,8 +334,8 @@ async fn serve_connection<H, F, B>(
 
 /// Completes the TLS handshake (bounded by the header timeout), then serves
 /// HTTP on the decrypted stream.
-async fn serve_tls<H, F, B>(
-    listener: Arc<Listener<H>>,
+async fn serve_tls<H, F, B, Q>(
+    listener: Arc<Listener<H, Q>>,
     stream: TcpStream,
     client: SocketAddr,
     mut stopped: watch::Receiver<bool>,
@@ -314,6 +344,7 @@ async fn serve_tls<H, F, B>(
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Q: QuickAnswer,
 {
     let Some(acceptor) = &listener.tls else {
         return;
@@ -339,8 +370,8 @@ async fn serve_tls<H, F, B>(
 
 /// Serves HTTP on one connection's (decrypted) stream until it ends, the
 /// server stops, or a timeout cuts it off.
-async fn serve_http<H, F, B, S>(
-    listener: Arc<Listener<H>>,
+async fn serve_http<H, F, B, S, Q>(
+    listener: Arc<Listener<H, Q>>,
     stream: S,
     client: SocketAddr,
     mut stopped: watch::Receiver<bool>,
@@ -350,12 +381,31 @@ async fn serve_http<H, F, B, S>(
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Q: QuickAnswer,
 {
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(WatchedStream {
+    let mut stream = WatchedStream {
         stream,
         activity: Arc::clone(&activity),
-    });
+        unread: Bytes::new(),
+    };
+    if let Some(quick) = &listener.quick {
+        // Boxed: once hyper has the connection, its task need not keep room
+        // for the quick path's state.
+        let quickly = Box::pin(answer_plain_heads(
+            quick,
+            &mut stream,
+            client,
+            &listener.limits,
+            &listener.counters,
+            &mut stopped,
+        ));
+        match quickly.await {
+            QuickEnd::Closed => return,
+            QuickEnd::ToHyper(unread) => stream.unread = unread,
+        }
+    }
+    let io = TokioIo::new(stream);
     let service = {
         let activity = Arc::clone(&activity);
         let listener = Arc::clone(&listener);
@@ -428,6 +478,181 @@ async fn serve_http<H, F, B, S>(
             },
         }
     }
+}
+
+/// Answers a plain HTTP/1.1 request head at once, in wire form, or
+/// declines it (`None`) for the listener's handler. It must record nothing
+/// for a head it declines: the handler then sees the same request.
+pub trait QuickAnswer:
+    Fn(&Parts, SocketAddr) -> Option<WireResponse> + Send + Sync + 'static
+{
+}
+
+impl<T> QuickAnswer for T where
+    T: Fn(&Parts, SocketAddr) -> Option<WireResponse> + Send + Sync + 'static
+{
+}
+
+/// The `quick` of a listener without a quick path.
+pub type NoQuickPath = fn(&Parts, SocketAddr) -> Option<WireResponse>;
+
+/// Bytes the quick path asks the socket for at a time (a head is usually
+/// far smaller; a larger one grows the buffer up to hyper's limit).
+const QUICK_READ_SIZE: usize = 4096;
+
+/// How the quick path left a connection.
+enum QuickEnd {
+    /// The connection is done: the client closed it, a timeout or an error
+    /// cut it off, or the server is stopping.
+    Closed,
+    /// A head the quick path does not answer: hyper serves the connection
+    /// from here on, starting with these bytes.
+    ToHyper(Bytes),
+}
+
+/// The quick path: answers plain heads with `quick` until one is declined
+/// or is not plain, then hands the connection to hyper. The connection's
+/// watchdog runs as it does under hyper: the header timeout from accept
+/// (first head) or from a head's first byte, the idle timeout from the end
+/// of the last response; stopping closes the connection when it has no
+/// head in progress, else once that head is answered.
+async fn answer_plain_heads<S, Q>(
+    quick: &Q,
+    io: &mut WatchedStream<S>,
+    client: SocketAddr,
+    limits: &ConnectionLimits,
+    counters: &ClientLimitCounters,
+    stopped: &mut watch::Receiver<bool>,
+) -> QuickEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Q: QuickAnswer,
+{
+    let activity = Arc::clone(&io.activity);
+    // Flags shared with `serving`, which runs on this same task: atomics
+    // only because a task's future must be `Send`.
+    let stopping = AtomicBool::new(false);
+    let awaiting_head = AtomicBool::new(true);
+    let max_head = limits.max_header_size.max(MIN_HYPER_BUF_SIZE);
+    let serving = serve_plain_heads(quick, io, client, max_head, &stopping, &awaiting_head);
+    tokio::pin!(serving);
+    loop {
+        let watch_stop = !stopping.load(Ordering::Relaxed);
+        let watch = async {
+            tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop), if watch_stop => Watched::Stop,
+                expired = activity.expired(limits) => Watched::Expired(expired),
+            }
+        };
+        tokio::pin!(watch);
+        let watch = PolledWhenWoken::new(watch);
+        tokio::select! {
+            biased;
+            ended = serving.as_mut() => return ended,
+            watched = watch => match watched {
+                Watched::Stop if awaiting_head.load(Ordering::Relaxed) => return QuickEnd::Closed,
+                Watched::Stop => stopping.store(true, Ordering::Relaxed),
+                Watched::Expired(Expired::HeaderTimeout) => {
+                    counters.count(ClientLimit::HeaderTimeout);
+                    tracing::debug!(%client, timeout = ?limits.header_read_timeout, "request head not received in time; dropping the connection");
+                    return QuickEnd::Closed;
+                }
+                Watched::Expired(Expired::Idle) => {
+                    counters.count(ClientLimit::Idle);
+                    tracing::debug!(%client, timeout = ?limits.idle_timeout, "closing idle connection");
+                    return QuickEnd::Closed;
+                }
+                Watched::DropNow => return QuickEnd::Closed,
+            },
+        }
+    }
+}
+
+/// Reads heads into one buffer and answers each plain one `quick` accepts,
+/// in order (pipelined heads included), for [`answer_plain_heads`]. Heads
+/// are never read past `max_head` bytes: hyper refuses a longer one.
+/// `awaiting_head` says whether it is waiting for a head's first byte.
+async fn serve_plain_heads<S, Q>(
+    quick: &Q,
+    io: &mut WatchedStream<S>,
+    client: SocketAddr,
+    max_head: usize,
+    stopping: &AtomicBool,
+    awaiting_head: &AtomicBool,
+) -> QuickEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Q: QuickAnswer,
+{
+    let mut buf = BytesMut::new();
+    loop {
+        if !buf.is_empty() {
+            match PlainHead::read(&buf) {
+                Head::Plain(plain) => {
+                    let head = buf.split_to(plain.len).freeze();
+                    let answered = plain.parts(&head).and_then(|parts| quick(&parts, client));
+                    let Some(response) = answered else {
+                        let mut unread = BytesMut::with_capacity(head.len() + buf.len());
+                        unread.extend_from_slice(&head);
+                        unread.extend_from_slice(&buf);
+                        return QuickEnd::ToHyper(unread.freeze());
+                    };
+                    drop(head);
+                    let activity = &io.activity;
+                    activity.request_started(Version::HTTP_11);
+                    activity.request_done();
+                    if !buf.is_empty() {
+                        // A pipelined head has begun: its header timeout runs.
+                        activity.bytes_read();
+                    }
+                    if let Err(error) = write_response(io, response).await {
+                        tracing::debug!(%client, %error, "connection ended with an error");
+                        return QuickEnd::Closed;
+                    }
+                    continue;
+                }
+                Head::Partial if buf.len() < max_head => {}
+                Head::Partial | Head::Other => return QuickEnd::ToHyper(buf.freeze()),
+            }
+        }
+        if stopping.load(Ordering::Relaxed) && buf.is_empty() {
+            return QuickEnd::Closed;
+        }
+        let room = max_head - buf.len();
+        buf.reserve(QUICK_READ_SIZE.min(room));
+        awaiting_head.store(buf.is_empty(), Ordering::Relaxed);
+        let read = io.read_buf(&mut (&mut buf).limit(room)).await;
+        awaiting_head.store(false, Ordering::Relaxed);
+        match read {
+            Ok(0) => return QuickEnd::Closed,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%client, %error, "connection ended with an error");
+                return QuickEnd::Closed;
+            }
+        }
+    }
+}
+
+/// Writes `response`'s head and body, in as few writes as the socket takes.
+async fn write_response<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    response: WireResponse,
+) -> io::Result<()> {
+    let WireResponse { mut head, mut body } = response;
+    while !head.is_empty() || !body.is_empty() {
+        let written = io
+            .write_vectored(&[io::IoSlice::new(&head), io::IoSlice::new(&body)])
+            .await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = written.min(head.len());
+        head.advance(from_head);
+        body.advance(written - from_head);
+    }
+    io.flush().await
 }
 
 /// What a connection's watchdog saw.
@@ -731,6 +956,9 @@ impl<B: Body + Unpin> Body for WatchedBody<B> {
 struct WatchedStream<S> {
     stream: S,
     activity: Arc<Activity>,
+    /// Bytes the quick path read and left to hyper: read first (they were
+    /// reported when they arrived).
+    unread: Bytes,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for WatchedStream<S> {
@@ -740,6 +968,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let taken = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(taken));
+            if this.unread.is_empty() {
+                // Lets go of the quick path's buffer.
+                this.unread = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {

@@ -1,13 +1,15 @@
 //! Pure HTTP header grammar, holding no state and deciding no cache policy:
 //! hop-by-hop hygiene, list fields, `Vary` names, same-origin targets, dates
 //! ([`mod@self`]), cache directives ([`directives`], over RFC 8941
-//! [`structured`] fields) and validators ([`conditional`]).
+//! [`structured`] fields), validators ([`conditional`]) and plain HTTP/1.1
+//! heads on the wire ([`wire`]).
 
 pub mod conditional;
 pub mod date;
 pub mod directives;
 pub mod range;
 pub mod structured;
+pub mod wire;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 

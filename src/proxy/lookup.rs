@@ -80,6 +80,22 @@ impl Proxy {
         Err(stored)
     }
 
+    /// The variant this request selects and its age at `now`, when it is
+    /// fresh enough to be a hit ([`Reuse::Fresh`], as [`Proxy::answer_from_cache`]
+    /// judges it); `None` otherwise.
+    pub(super) fn fresh_entry(
+        &self,
+        cx: &RequestContext<'_>,
+        route: &Route,
+        now: Instant,
+    ) -> Option<(Arc<CachedResponse>, std::time::Duration)> {
+        let entry =
+            cx.with_encoded_key(|key| self.state.cache.select_at(key, &cx.parts.headers, now))?;
+        let age = entry.current_age(now);
+        (entry.reuse_at_age(age, cx.wishes(), &route.freshness) == Reuse::Fresh)
+            .then_some((entry, age))
+    }
+
     /// A request the cache could not answer as it is: refused when the
     /// client said `only-if-cached`, passed when the key is marked
     /// hit-for-pass, else it joins the key's flight, as its leader or as a

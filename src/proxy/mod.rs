@@ -54,6 +54,7 @@ use crate::cache::policy::{PassReason, request_pass_reason};
 use crate::cache::{CacheKey, HotCache, PassMarks, Purge, Tier};
 use crate::coalesce::FlightMap;
 use crate::config::{Config, ConfigError, PlacedProblem, Route, RouteTable};
+use crate::http::wire::WireResponse;
 use crate::logging;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::origin::{OriginError, OriginResponse};
@@ -373,6 +374,57 @@ impl Proxy {
         answer.response
     }
 
+    /// Answers a plain GET or HEAD at once, in HTTP/1.1 wire form, when it
+    /// is a fresh hit that [`Proxy::serve`] would answer with the whole
+    /// stored response: the same bytes, the same route metric, the same
+    /// access line, after the same admission checks. The listener's quick
+    /// path calls it on heads it read itself (see [`crate::server`]).
+    ///
+    /// `None` for anything else, having recorded nothing (no metric, no
+    /// refusal counted, no log line, no flight joined): the request is then
+    /// for [`Proxy::serve`], which decides and records it as always.
+    pub fn answer_hit_at_once(&self, parts: &Parts, client: SocketAddr) -> Option<WireResponse> {
+        let started = Instant::now();
+        if !render::plain_whole(parts) || declares_content(parts) {
+            return None;
+        }
+        let settings = self.state.settings.load();
+        let matched = settings.table.find(parts.uri.path());
+        let (index, route) = matched?;
+        if pass_reason(matched, parts).is_some() {
+            return None;
+        }
+        let route_metrics = settings.route_metrics.get(index)?;
+        let admission = &self.state.admission;
+        let addressed = admission.judge(parts).ok()?;
+        let upstream_host = admission.judge_preserved_host(route, addressed).ok()?;
+        let origin = settings.upstreams.for_route(Some(route));
+        let cx = RequestContext {
+            origin_authority: &origin.authority,
+            key: OnceLock::new(),
+            parts,
+            client,
+            scheme: self.state.client_scheme,
+            origin: &origin.client,
+            route: Some(route),
+            route_metrics,
+            upstream_host,
+            wishes: request_directives(&parts.headers, route.client_no_cache),
+        };
+        let (entry, age) = self.fresh_entry(&cx, route, started)?;
+        let (wire, status) = render::wire_hit(&entry, parts, age)?;
+        let finished = Instant::now();
+        let elapsed = finished.saturating_duration_since(started);
+        route_metrics.record(status.label(), elapsed);
+        self.state.metrics.quick_hits.inc();
+        if settings.access_log
+            && let Some(sink) = logging::access_log()
+        {
+            render::log_wire_access(sink, parts, &entry, status, elapsed, finished.into_std());
+        }
+        Some(wire)
+    }
+
     /// Admits the request, works out where it goes upstream (`origin`, the
     /// one its route picks), and serves it from the cache or passes it.
     ///
@@ -394,11 +446,7 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let pass_reason = match matched {
-            None => Some(PassReason::NoRoute),
-            Some((_, route)) if !route.cache => Some(PassReason::RouteBypass),
-            Some(_) => request_pass_reason(&parts.method, &parts.headers),
-        };
+        let pass_reason = pass_reason(matched, parts);
         let admission = &self.state.admission;
         let refuse = |refused: ProxyError| {
             Either::Left(ready(
@@ -492,6 +540,17 @@ impl Proxy {
                 refused = admission.body_refused(&check) => refuse(refused),
             }
         })
+    }
+}
+
+/// Why a request on `matched` (its route, if one matched) is passed to the
+/// origin rather than cached: the one rule both [`Proxy::serve`] and
+/// [`Proxy::answer_hit_at_once`] follow.
+fn pass_reason(matched: Option<(usize, &Route)>, parts: &Parts) -> Option<PassReason> {
+    match matched {
+        None => Some(PassReason::NoRoute),
+        Some((_, route)) if !route.cache => Some(PassReason::RouteBypass),
+        Some(_) => request_pass_reason(&parts.method, &parts.headers),
     }
 }
 

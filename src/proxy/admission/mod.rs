@@ -62,6 +62,9 @@ pub(super) struct Admission {
     counters: ClientLimitCounters,
 }
 
+/// A refusal not yet counted: the limit it counts under, and its error.
+pub(super) type Refused = (ClientLimit, ProxyError);
+
 /// What became of a body handed out by [`Admission::limit_body`], known once
 /// it has been read. Shared with the body's stream.
 #[derive(Debug, Clone, Default)]
@@ -157,41 +160,54 @@ impl Admission {
     /// - [`ProxyError::BodyTooLarge`] (413) for a `Content-Length` over
     ///   `max_request_body` (nothing of the body has been read).
     pub(super) fn check<'a>(&self, parts: &'a Parts) -> Result<Option<&'a str>, ProxyError> {
+        self.judge(parts).map_err(|refused| self.count(refused))
+    }
+
+    /// [`Admission::check`], counting nothing: for the listener's quick
+    /// path, which leaves a refused request to the full path, where
+    /// [`Admission::check`] refuses and counts it once.
+    pub(super) fn judge<'a>(&self, parts: &'a Parts) -> Result<Option<&'a str>, Refused> {
         if parts.method == Method::CONNECT {
-            self.counters.count(ClientLimit::Method);
-            return Err(ProxyError::ConnectRefused);
+            return Err((ClientLimit::Method, ProxyError::ConnectRefused));
         }
         let head = HeadLines::read(parts);
-        let addressed = addressed_by(parts, &head).map_err(|reason| {
-            self.counters.count(ClientLimit::Malformed);
-            ProxyError::BadRequest(reason)
-        })?;
+        let addressed = addressed_by(parts, &head)
+            .map_err(|reason| (ClientLimit::Malformed, ProxyError::BadRequest(reason)))?;
         // HTTP/2 always carries the authority in the URI (`:authority`, the
         // equivalent of `Host`); in HTTP/1 it is there only in absolute form.
         if parts.version < Version::HTTP_2
             && let Some(authority) = parts.uri.authority()
             && !self.allows(authority, parts.uri.scheme())
         {
-            self.counters.count(ClientLimit::Host);
-            return Err(ProxyError::MisdirectedRequest);
+            return Err((ClientLimit::Host, ProxyError::MisdirectedRequest));
         }
         let size = head.size;
         if size > self.max_header_size {
-            self.counters.count(ClientLimit::HeaderSize);
-            return Err(ProxyError::HeadersTooLarge {
-                size,
-                limit: self.max_header_size,
-            });
+            return Err((
+                ClientLimit::HeaderSize,
+                ProxyError::HeadersTooLarge {
+                    size,
+                    limit: self.max_header_size,
+                },
+            ));
         }
         if head.content_length
             && declared_length(parts).is_some_and(|length| length > self.max_request_body)
         {
-            self.counters.count(ClientLimit::BodySize);
-            return Err(ProxyError::BodyTooLarge {
-                limit: self.max_request_body,
-            });
+            return Err((
+                ClientLimit::BodySize,
+                ProxyError::BodyTooLarge {
+                    limit: self.max_request_body,
+                },
+            ));
         }
         Ok(addressed)
+    }
+
+    /// Counts `refused` under its limit and returns its error.
+    fn count(&self, (limit, error): Refused) -> ProxyError {
+        self.counters.count(limit);
+        error
     }
 
     /// The `Host` to send upstream on `route` when it preserves the client's:
@@ -207,6 +223,16 @@ impl Admission {
         route: &Route,
         addressed: Option<&str>,
     ) -> Result<Option<HeaderValue>, ProxyError> {
+        self.judge_preserved_host(route, addressed)
+            .map_err(|refused| self.count(refused))
+    }
+
+    /// [`Admission::preserved_host`], counting nothing (see [`Admission::judge`]).
+    pub(super) fn judge_preserved_host(
+        &self,
+        route: &Route,
+        addressed: Option<&str>,
+    ) -> Result<Option<HeaderValue>, Refused> {
         if !route.preserve_host {
             return Ok(None);
         }
@@ -221,13 +247,9 @@ impl Admission {
                 .then(|| HeaderValue::from_str(&canonical_authority(addressed)).ok())
                 .flatten()
         });
-        match listed {
-            Some(host) => Ok(Some(host)),
-            None => {
-                self.counters.count(ClientLimit::Host);
-                Err(ProxyError::MisdirectedRequest)
-            }
-        }
+        listed
+            .map(Some)
+            .ok_or((ClientLimit::Host, ProxyError::MisdirectedRequest))
     }
 
     /// Counts, and returns, the refusal of a GET or HEAD that carries a body

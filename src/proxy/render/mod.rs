@@ -7,6 +7,8 @@ use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
@@ -20,6 +22,7 @@ use super::fill::StreamingAnswer;
 use crate::cache::CachedResponse;
 use crate::cache::policy::{self, PassReason};
 use crate::http::range::{self, ByteRange, Ranges};
+use crate::http::wire::{WireResponse, encode_head};
 use crate::http::{CACHE_STATUS, contains_any};
 use crate::logging::{AccessEntry, LogSink};
 use crate::metrics::CacheStatusLabel;
@@ -160,7 +163,7 @@ pub fn hit(entry: &Arc<CachedResponse>, parts: &Parts, age: Duration) -> Answer 
         ..CacheStatus::of(CacheOutcome::Hit)
     };
     let head = parts.method == Method::HEAD;
-    if (head || parts.method == Method::GET) && !contains_any(&parts.headers, &WHOLE_AFFECTING) {
+    if plain_whole(parts) {
         let body = if head {
             ProxyBody::empty()
         } else {
@@ -174,6 +177,36 @@ pub fn hit(entry: &Arc<CachedResponse>, parts: &Parts, age: Duration) -> Answer 
     let ours = rendered_once(&HIT_STATUS_VALUES, ttl, |_| status.header());
     let age = rendered_once(&AGE_VALUES, age, HeaderValue::from);
     render_entry(entry, status, ours, parts, age)
+}
+
+/// [`hit`] in HTTP/1.1 wire form, for the listener's quick path: the
+/// same bytes hyper would write for [`hit`]'s answer, the head encoded once
+/// per worker thread for each second of the entry's age. `None` for
+/// anything but a fresh whole answer to a plain GET or HEAD (no range, no
+/// validators), and for entries whose head cannot be sent as stored (see
+/// [`HitHead::wire`]): those are for [`hit`].
+pub fn wire_hit(
+    entry: &Arc<CachedResponse>,
+    parts: &Parts,
+    age: Duration,
+) -> Option<(WireResponse, CacheStatus)> {
+    let left = entry.freshness_left(age);
+    if left.is_zero() || !plain_whole(parts) {
+        return None;
+    }
+    let head_only = parts.method == Method::HEAD;
+    let ttl = left.as_secs();
+    let status = CacheStatus {
+        ttl: Some(ttl),
+        ..CacheStatus::of(CacheOutcome::Hit)
+    };
+    let head = HitHead::wire(entry, age.as_secs(), ttl, status)?;
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        entry.body()
+    };
+    Some((WireResponse { head, body }, status))
 }
 
 /// A fresh entry's whole answer head for a plain GET or HEAD, as rendered
@@ -191,6 +224,9 @@ struct HitHead {
     age: u64,
     ttl: u64,
     headers: HeaderMap,
+    /// `headers` in wire form, once a quick hit asked for it: `None` inside
+    /// when they cannot be sent that way.
+    wire: Option<Option<Bytes>>,
 }
 
 /// Heads kept per worker thread.
@@ -204,6 +240,36 @@ impl HitHead {
     /// `entry`'s head for a plain hit at `age` seconds with `ttl` left,
     /// from this thread's slot when it holds that, else rendered (and kept).
     fn of(entry: &Arc<CachedResponse>, age: u64, ttl: u64, status: CacheStatus) -> HeaderMap {
+        HitHead::kept(entry, age, ttl, status, |kept| kept.headers.clone())
+    }
+
+    /// [`HitHead::of`] in HTTP/1.1 wire form, encoded once per slot. `None`
+    /// when hyper would write more than the stored lines (a `Content-Length`
+    /// or `Date` the entry lacks) or spell the status line its own way.
+    fn wire(entry: &Arc<CachedResponse>, age: u64, ttl: u64, status: CacheStatus) -> Option<Bytes> {
+        HitHead::kept(entry, age, ttl, status, |kept| {
+            kept.wire
+                .get_or_insert_with(|| {
+                    let headers = &kept.headers;
+                    let complete = headers.contains_key(header::CONTENT_LENGTH)
+                        && headers.contains_key(header::DATE);
+                    complete
+                        .then(|| encode_head(kept.entry.status, headers))
+                        .flatten()
+                })
+                .clone()
+        })
+    }
+
+    /// Runs `read` on this thread's slot for `entry` at `age` with `ttl`
+    /// left, rendering the slot anew when it holds anything else.
+    fn kept<R>(
+        entry: &Arc<CachedResponse>,
+        age: u64,
+        ttl: u64,
+        status: CacheStatus,
+        read: impl FnOnce(&mut HitHead) -> R,
+    ) -> R {
         HIT_HEADS.with_borrow_mut(|heads| {
             if heads.is_empty() {
                 heads.resize_with(HIT_HEAD_SLOTS, || None);
@@ -212,24 +278,24 @@ impl HitHead {
             // alignment, mixed, pick the slot.
             let address = Arc::as_ptr(entry) as usize as u64;
             let slot = (address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize;
-            let Some(slot) = heads.get_mut(slot) else {
-                return HitHead::render(entry, age, ttl, status);
-            };
-            if let Some(kept) = slot
-                && Arc::ptr_eq(&kept.entry, entry)
-                && kept.age == age
-                && kept.ttl == ttl
-            {
-                return kept.headers.clone();
-            }
-            let headers = HitHead::render(entry, age, ttl, status);
-            *slot = Some(HitHead {
+            let fresh = || HitHead {
                 entry: Arc::clone(entry),
                 age,
                 ttl,
-                headers: headers.clone(),
-            });
-            headers
+                headers: HitHead::render(entry, age, ttl, status),
+                wire: None,
+            };
+            let Some(slot) = heads.get_mut(slot) else {
+                return read(&mut fresh());
+            };
+            match slot {
+                Some(kept)
+                    if Arc::ptr_eq(&kept.entry, entry) && kept.age == age && kept.ttl == ttl =>
+                {
+                    read(kept)
+                }
+                _ => read(slot.insert(fresh())),
+            }
         })
     }
 
@@ -434,6 +500,13 @@ pub fn wants_whole(parts: &Parts) -> bool {
     parts.method != Method::GET || contains_any(&parts.headers, &WHOLE_AFFECTING)
 }
 
+/// Whether `parts` is a GET or HEAD for the whole stored response as it
+/// is: no range, no validators to match.
+pub fn plain_whole(parts: &Parts) -> bool {
+    (parts.method == Method::GET || parts.method == Method::HEAD)
+        && !contains_any(&parts.headers, &WHOLE_AFFECTING)
+}
+
 /// The request fields that make an answer other than the whole stored
 /// response: a range, or validators to match.
 const WHOLE_AFFECTING: [HeaderName; 3] = [
@@ -521,11 +594,50 @@ pub fn log_access(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
         });
+    log_line(
+        sink,
+        parts,
+        response.status(),
+        answer.status,
+        bytes,
+        elapsed,
+        at,
+    );
+}
+
+/// [`log_access`] for a [`wire_hit`]: the same line as its [`hit`] would log.
+pub fn log_wire_access(
+    sink: &LogSink,
+    parts: &Parts,
+    entry: &CachedResponse,
+    status: CacheStatus,
+    elapsed: std::time::Duration,
+    at: std::time::Instant,
+) {
+    let bytes = u64::try_from(entry.body_len()).ok();
+    let bytes = if parts.method == Method::HEAD {
+        Some(0)
+    } else {
+        bytes
+    };
+    log_line(sink, parts, entry.status, status, bytes, elapsed, at);
+}
+
+/// The one access line both forms of answer log.
+fn log_line(
+    sink: &LogSink,
+    parts: &Parts,
+    code: StatusCode,
+    status: CacheStatus,
+    bytes: Option<u64>,
+    elapsed: std::time::Duration,
+    at: std::time::Instant,
+) {
     sink.access(&AccessEntry {
         method: parts.method.as_str(),
         path: parts.uri.path(),
-        status: response.status().as_u16(),
-        cache_status: answer.status.label().as_str(),
+        status: code.as_u16(),
+        cache_status: status.label().as_str(),
         duration_micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         bytes,
         at,
