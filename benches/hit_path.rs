@@ -3,6 +3,11 @@
 //!
 //! - `hit_path/handle_collect`: `Proxy::handle` on a warm key plus collecting
 //!   the 1 KiB body, i.e. everything a cache hit costs above hyper.
+//! - `hit_path/quick_hit`: the listener's quick path for the same hit, from
+//!   the request's bytes: `PlainHead::read`, its `Parts`, and
+//!   `Proxy::answer_hit_at_once` up to the encoded answer (the head hyper
+//!   would write, and the body), i.e. everything a quick hit costs above the
+//!   socket; `handle_collect` leaves out hyper's parse and encode.
 //! - `hit_path/cache_key_select`: `CacheKey::new` + `HotCache::select` alone, the floor the
 //!   full hit is compared against.
 //! - `hit_path_parts/*`: pieces of a hit's response rendering, timed alone
@@ -29,6 +34,7 @@ use corral::Corral;
 use corral::cache::CacheKey;
 use corral::coalesce::{FlightMap, Follower, Join};
 use corral::config::Config;
+use corral::http::wire::{Head, PlainHead};
 use corral::proxy::Proxy;
 use corral::proxy::{CacheOutcome, cache_status_value};
 use corral::testing::mock_origin::{MockOrigin, Reply};
@@ -182,8 +188,26 @@ fn hit_path(c: &mut Criterion) {
         "hit_path: CacheKey::new + HotCache::select allocates {allocs:.1} times ({bytes:.0} bytes)"
     );
 
+    let raw = Bytes::from(format!("GET {PATH} HTTP/1.1\r\nHost: {HOST}\r\n\r\n"));
+    let quick_hit = || {
+        let Head::Plain(head) = PlainHead::read(&raw) else {
+            panic!("a plain head");
+        };
+        let parts = head.parts(&raw.slice(..head.len)).expect("valid parts");
+        proxy
+            .answer_hit_at_once(&parts, client())
+            .expect("a quick hit")
+    };
+    assert_eq!(quick_hit().body.len(), BODY_LEN);
+    let (allocs, bytes) = allocations_per_call(ROUNDS, || {
+        black_box(quick_hit());
+    });
+    eprintln!("hit_path: a quick hit allocates {allocs:.1} times ({bytes:.0} bytes) per hit");
+
     let mut group = c.benchmark_group("hit_path");
     group.throughput(Throughput::Elements(1));
+
+    group.bench_function("quick_hit", |b| b.iter(|| black_box(quick_hit())));
 
     group.bench_function("handle_collect", |b| {
         b.to_async(&rt).iter_batched(

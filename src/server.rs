@@ -194,6 +194,7 @@ pub async fn serve<H, F, B, Q>(
         limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
     let shared = Arc::new(Listener {
+        http1_builder: builder.clone().http1_only(),
         builder,
         handler,
         quick,
@@ -300,6 +301,9 @@ impl Drop for OpenConnection {
 /// What every connection task of one listener shares.
 struct Listener<H, Q> {
     builder: auto::Builder<TokioExecutor>,
+    /// `builder` for HTTP/1 alone: for a connection the quick path has
+    /// already answered on, which must not turn into HTTP/2 halfway.
+    http1_builder: auto::Builder<TokioExecutor>,
     handler: H,
     /// Offered every plain HTTP/1 head first, when set.
     quick: Option<Q>,
@@ -387,8 +391,9 @@ async fn serve_http<H, F, B, S, Q>(
     let mut stream = WatchedStream {
         stream,
         activity: Arc::clone(&activity),
-        unread: Bytes::new(),
+        unread: None,
     };
+    let mut answered_quickly = false;
     if let Some(quick) = &listener.quick {
         // Boxed: once hyper has the connection, its task need not keep room
         // for the quick path's state.
@@ -402,7 +407,11 @@ async fn serve_http<H, F, B, S, Q>(
         ));
         match quickly.await {
             QuickEnd::Closed => return,
-            QuickEnd::ToHyper(unread) => stream.unread = unread,
+            // Never an empty box: that would read as the client's EOF.
+            QuickEnd::ToHyper { unread, answered } => {
+                stream.unread = (!unread.is_empty()).then(|| Box::new(unread));
+                answered_quickly = answered;
+            }
         }
     }
     let io = TokioIo::new(stream);
@@ -424,10 +433,16 @@ async fn serve_http<H, F, B, S, Q>(
     };
     let Listener {
         builder,
+        http1_builder,
         limits,
         counters,
         ..
     } = &*listener;
+    let builder = if answered_quickly {
+        http1_builder
+    } else {
+        builder
+    };
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let mut closing = false;
@@ -506,8 +521,9 @@ enum QuickEnd {
     /// cut it off, or the server is stopping.
     Closed,
     /// A head the quick path does not answer: hyper serves the connection
-    /// from here on, starting with these bytes.
-    ToHyper(Bytes),
+    /// from here on, starting with `unread`; over HTTP/1 alone when the
+    /// quick path `answered` a request on it already.
+    ToHyper { unread: Bytes, answered: bool },
 }
 
 /// The quick path: answers plain heads with `quick` until one is declined
@@ -536,13 +552,16 @@ where
     let max_head = limits.max_header_size.max(MIN_HYPER_BUF_SIZE);
     let serving = serve_plain_heads(quick, io, client, max_head, &stopping, &awaiting_head);
     tokio::pin!(serving);
+    let mut drop_at: Option<Instant> = None;
     loop {
         let watch_stop = !stopping.load(Ordering::Relaxed);
+        let (watch_timeouts, deadline) = (drop_at.is_none(), drop_at);
         let watch = async {
             tokio::select! {
                 biased;
                 _ = stopped.wait_for(|stop| *stop), if watch_stop => Watched::Stop,
-                expired = activity.expired(limits) => Watched::Expired(expired),
+                expired = activity.expired(limits), if watch_timeouts => Watched::Expired(expired),
+                () = sleep_until_some(deadline) => Watched::DropNow,
             }
         };
         tokio::pin!(watch);
@@ -561,9 +580,19 @@ where
                 Watched::Expired(Expired::Idle) => {
                     counters.count(ClientLimit::Idle);
                     tracing::debug!(%client, timeout = ?limits.idle_timeout, "closing idle connection");
+                    if awaiting_head.load(Ordering::Relaxed) {
+                        return QuickEnd::Closed;
+                    }
+                    // A response the client is slow to take: as hyper's
+                    // graceful shutdown would, finish it (closing after it),
+                    // within one more header timeout.
+                    stopping.store(true, Ordering::Relaxed);
+                    drop_at = Some(Instant::now() + limits.header_read_timeout);
+                }
+                Watched::DropNow => {
+                    tracing::debug!(%client, "idle connection did not close in time; dropping it");
                     return QuickEnd::Closed;
                 }
-                Watched::DropNow => return QuickEnd::Closed,
             },
         }
     }
@@ -586,34 +615,59 @@ where
     Q: QuickAnswer,
 {
     let mut buf = BytesMut::new();
+    // How far `buf` is known to hold no end of a head.
+    let mut scanned = 0;
+    let mut answered = false;
     loop {
         if !buf.is_empty() {
-            match PlainHead::read(&buf) {
+            match PlainHead::read_from(&buf, &mut scanned) {
                 Head::Plain(plain) => {
+                    if stopping.load(Ordering::Relaxed) {
+                        // hyper answers it, saying the connection closes.
+                        return QuickEnd::ToHyper {
+                            unread: buf.freeze(),
+                            answered,
+                        };
+                    }
                     let head = buf.split_to(plain.len).freeze();
-                    let answered = plain.parts(&head).and_then(|parts| quick(&parts, client));
-                    let Some(response) = answered else {
+                    scanned = 0;
+                    let answer = plain.parts(&head).and_then(|parts| quick(&parts, client));
+                    let Some(response) = answer else {
                         let mut unread = BytesMut::with_capacity(head.len() + buf.len());
                         unread.extend_from_slice(&head);
                         unread.extend_from_slice(&buf);
-                        return QuickEnd::ToHyper(unread.freeze());
+                        return QuickEnd::ToHyper {
+                            unread: unread.freeze(),
+                            answered,
+                        };
                     };
                     drop(head);
+                    answered = true;
+                    // Done once handed to the socket, as hyper counts a
+                    // response done once it has taken its body: the idle
+                    // timeout then bounds the write (see `answer_plain_heads`),
+                    // and the next head's header timeout starts after it.
                     let activity = &io.activity;
                     activity.request_started(Version::HTTP_11);
                     activity.request_done();
-                    if !buf.is_empty() {
-                        // A pipelined head has begun: its header timeout runs.
-                        activity.bytes_read();
-                    }
-                    if let Err(error) = write_response(io, response).await {
+                    let written = write_response(io, response).await;
+                    if let Err(error) = written {
                         tracing::debug!(%client, %error, "connection ended with an error");
                         return QuickEnd::Closed;
+                    }
+                    if !buf.is_empty() {
+                        // A pipelined head has begun: its header timeout runs.
+                        io.activity.bytes_read();
                     }
                     continue;
                 }
                 Head::Partial if buf.len() < max_head => {}
-                Head::Partial | Head::Other => return QuickEnd::ToHyper(buf.freeze()),
+                Head::Partial | Head::Other => {
+                    return QuickEnd::ToHyper {
+                        unread: buf.freeze(),
+                        answered,
+                    };
+                }
             }
         }
         if stopping.load(Ordering::Relaxed) && buf.is_empty() {
@@ -957,8 +1011,9 @@ struct WatchedStream<S> {
     stream: S,
     activity: Arc<Activity>,
     /// Bytes the quick path read and left to hyper: read first (they were
-    /// reported when they arrived).
-    unread: Bytes,
+    /// reported when they arrived). Boxed, and gone once read: a connection
+    /// hyper serves keeps a pointer's worth of room for them.
+    unread: Option<Box<Bytes>>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for WatchedStream<S> {
@@ -968,12 +1023,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.unread.is_empty() {
-            let taken = this.unread.len().min(buf.remaining());
-            buf.put_slice(&this.unread.split_to(taken));
-            if this.unread.is_empty() {
-                // Lets go of the quick path's buffer.
-                this.unread = Bytes::new();
+        if let Some(unread) = &mut this.unread {
+            let taken = unread.len().min(buf.remaining());
+            buf.put_slice(&unread.split_to(taken));
+            if unread.is_empty() {
+                this.unread = None;
             }
             return Poll::Ready(Ok(()));
         }

@@ -10,12 +10,14 @@
 //! control. Nothing sleeps: waits are on sockets, counters or a paused clock.
 mod support;
 
+use std::time::Duration;
+
 use corral::metrics::ClientLimit;
 use corral::testing::mock_origin::{MockOrigin, Reply};
 use support::raw_client::{BOUND, find, read_until_closed, send_raw, status_of};
 use support::{Setup, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 /// A caching route for `/c/`, and a pass-through route for `/pass/`.
@@ -351,6 +353,26 @@ async fn ranges_validators_and_credentials_are_answered_by_hyper() {
 }
 
 #[tokio::test]
+async fn connection_close_on_a_stored_key_is_answered_then_closed() {
+    let (_origin, corral) = origin_and_corral("").await;
+    warm(&corral, "/c/item").await;
+    let mut stream = send_raw(
+        corral.addr,
+        &request("GET", "/c/item", &["Connection: close"]),
+    )
+    .await;
+    let closed = read_until_closed(&mut stream).await;
+    let text = String::from_utf8_lossy(&closed.bytes);
+    assert_eq!(closed.status(), Some(200), "{closed:?}");
+    assert!(
+        text.contains("corral; hit") && text.ends_with("body of /c/item"),
+        "{text}"
+    );
+    assert_eq!(quick_hits(&corral), 0, "hyper honours the close");
+    corral.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_purged_key_is_fetched_again_not_answered_quickly() {
     let (origin, corral) = origin_and_corral("").await;
     warm(&corral, "/c/item").await;
@@ -448,5 +470,157 @@ async fn http2_and_http1_0_on_the_same_listener_are_served_by_hyper() {
     assert_eq!(closed.status(), Some(200), "{closed:?}");
     assert!(String::from_utf8_lossy(&closed.bytes).ends_with("body of /c/item"));
     assert_eq!(quick_hits(&corral), 0);
+    corral.shutdown().await;
+}
+
+/// Bytes of the large stored object: more than loopback's socket buffers
+/// hold, so writing it waits for the client.
+const BIG: usize = 16 * 1024 * 1024;
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_of_pipelined_answers_gets_both_whole() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/big/", Reply::ok(vec![b'x'; BIG]));
+    let corral = Setup::origin(&origin)
+        .toml(
+            "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\n\
+             [cache]\nmax_object_size = \"32MiB\"\nmax_size = \"128MiB\"\n\
+             [[route]]\nmatch = \"/big/\"\nttl = \"60s\"\n",
+        )
+        .start()
+        .await;
+    warm(&corral, "/big/x").await;
+
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(corral.addr).await.unwrap();
+    let mut two = request("GET", "/big/x", &[]);
+    two.extend(request("GET", "/big/x", &[]));
+    stream.write_all(&two).await.unwrap();
+    // Longer than the header timeout, shorter than the idle one: the second
+    // head waits, whole, while the first answer is being taken.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut whole = usize::MAX;
+    timeout(BOUND, async {
+        while received.len() < whole {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+            if let Some(end) = find(&received, b"\r\n\r\n") {
+                // Two answers with heads of the same length.
+                whole = 2 * (end + 4 + BIG);
+            }
+        }
+    })
+    .await
+    .expect("both answers arrive");
+    assert_eq!(received.len(), whole, "both answers whole");
+    assert_eq!(limit_count(&corral, ClientLimit::HeaderTimeout), 0);
+    assert_eq!(quick_hits(&corral), 2);
+    corral.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http2_preface_after_a_quick_hit_is_not_served_as_http2() {
+    let (_origin, corral) = origin_and_corral("").await;
+    warm(&corral, "/c/item").await;
+    let mut stream = send_raw(corral.addr, &request("GET", "/c/item", &[])).await;
+    read_raw_response(&mut stream, false).await;
+    // The preface and an empty SETTINGS frame, on a connection that has
+    // spoken HTTP/1.1: it stays HTTP/1.1 (hyper refuses the line).
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let closed = read_until_closed(&mut stream).await;
+    assert!(
+        closed.bytes.is_empty() || closed.bytes.starts_with(b"HTTP/1.1 4"),
+        "{closed:?}"
+    );
+    corral.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_pipelining_quick_connection_after_one_more_answer() {
+    let (_origin, corral) = origin_and_corral("[server]\nshutdown_timeout = \"60s\"\n").await;
+    warm(&corral, "/c/item").await;
+    let get = request("GET", "/c/item", &[]);
+    let (first, rest) = get.split_at(10);
+    let mut stream = TcpStream::connect(corral.addr).await.unwrap();
+    let mut opening = get.clone();
+    opening.extend_from_slice(first);
+    stream.write_all(&opening).await.unwrap();
+    read_raw_response(&mut stream, false).await;
+    // The partial head has reached corral once a later connection is answered.
+    let mut probe = send_raw(corral.addr, &get).await;
+    read_raw_response(&mut probe, false).await;
+    drop(probe);
+
+    let stopping = tokio::spawn(corral.shutdown());
+    // Keep pipelining, each time the rest of a head and the start of the
+    // next: hyper answers what it has read, and the connection is closed.
+    let mut answers = 0;
+    let mut chunk = [0u8; 4096];
+    let closed = timeout(BOUND, async {
+        for _ in 0..20 {
+            let mut next = rest.to_vec();
+            next.extend_from_slice(first);
+            if stream.write_all(&next).await.is_err() {
+                return true;
+            }
+            let mut got = Vec::new();
+            loop {
+                if find(&got, b"body of /c/item").is_some() {
+                    answers += 1;
+                    break;
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+        false
+    })
+    .await
+    .expect("each round ends");
+    assert!(
+        closed && answers <= 1,
+        "closed: {closed}, answers after stop: {answers}"
+    );
+    timeout(BOUND, stopping)
+        .await
+        .expect("shutdown does not wait for the grace period")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_empty_stored_body_is_answered_by_hyper() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/c/", Reply::ok(""));
+    let corral = Setup::origin(&origin).toml(ROUTES).start().await;
+    let mut stream = send_raw(
+        corral.addr,
+        &request("GET", "/c/empty", &["Connection: close"]),
+    )
+    .await;
+    assert_eq!(read_until_closed(&mut stream).await.status(), Some(200));
+    // An empty answer reaches the client before its fill has stored it.
+    let cache = corral.proxy.cache().clone();
+    support::wait_until("the answer is stored", BOUND, || cache.entry_count() == 1).await;
+    let mut stream = send_raw(corral.addr, &request("GET", "/c/empty", &[])).await;
+    let answer =
+        String::from_utf8_lossy(&read_raw_response(&mut stream, false).await).to_ascii_lowercase();
+    assert!(answer.contains("corral; hit"), "{answer}");
+    assert!(answer.contains("content-length: 0\r\n"), "{answer}");
+    assert_eq!(
+        quick_hits(&corral),
+        0,
+        "hyper writes an empty body's length itself"
+    );
+    assert_eq!(origin.hits(), 1);
     corral.shutdown().await;
 }

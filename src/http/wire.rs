@@ -138,6 +138,28 @@ impl PlainHead {
         })
     }
 
+    /// [`PlainHead::read`], for a buffer that grows a read at a time:
+    /// `scanned` is how far an earlier call found no end of a head (0 for a
+    /// new head), and the head is parsed only once the bytes after that hold
+    /// one, so a head trickled in byte by byte is parsed once, not once per
+    /// byte. A buffer whose first line cannot start a GET or HEAD is
+    /// [`Head::Other`] at once.
+    pub fn read_from(buf: &[u8], scanned: &mut usize) -> Head {
+        if !may_be_plain(buf) {
+            return Head::Other;
+        }
+        // An end of head (LF CRLF, or LF LF) may straddle the last read.
+        let unseen = buf.get(scanned.saturating_sub(2)..).unwrap_or_default();
+        *scanned = buf.len();
+        let ended = unseen.windows(2).any(|pair| pair == b"\n\n")
+            || unseen.windows(3).any(|three| three == b"\n\r\n");
+        if ended {
+            PlainHead::read(buf)
+        } else {
+            Head::Partial
+        }
+    }
+
     /// The head as hyper would hand it to a service, its values sharing
     /// `head`'s bytes (the buffer's first [`PlainHead::len`] bytes). `None`
     /// when the target or a line is not one `http` accepts (the request is
@@ -161,6 +183,24 @@ impl PlainHead {
         parts.headers = headers;
         Some(parts)
     }
+}
+
+/// Whether `buf`, after at most two empty lines (which httparse skips;
+/// RFC 9112 §2.2 asks servers to ignore at least one), could begin with
+/// `GET ` or `HEAD `.
+fn may_be_plain(buf: &[u8]) -> bool {
+    let start = buf
+        .iter()
+        .position(|byte| *byte != b'\r' && *byte != b'\n')
+        .unwrap_or(buf.len());
+    if start > 4 {
+        return false;
+    }
+    let line = buf.get(start..).unwrap_or_default();
+    [&b"GET "[..], &b"HEAD "[..]].iter().any(|method| {
+        let common = line.len().min(method.len());
+        line.get(..common) == method.get(..common)
+    })
 }
 
 /// A whole response in HTTP/1.1 wire form: its head, then its body.
@@ -262,6 +302,69 @@ mod tests {
             assert!(
                 !matches!(PlainHead::read(raw.as_bytes()), Head::Plain(_)),
                 "{raw:?} read as plain"
+            );
+        }
+    }
+
+    #[test]
+    fn a_growing_head_is_parsed_once_it_has_ended() {
+        let raw = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut scanned = 0;
+        for end in 1..raw.len() {
+            assert!(
+                matches!(
+                    PlainHead::read_from(&raw[..end], &mut scanned),
+                    Head::Partial
+                ),
+                "{end}"
+            );
+            assert_eq!(scanned, end);
+        }
+        assert!(matches!(
+            PlainHead::read_from(raw, &mut scanned),
+            Head::Plain(_)
+        ));
+        // Bare LF line ends, as httparse (and hyper) accept them.
+        let mut scanned = 0;
+        let bare = b"GET /a HTTP/1.1\nHost: x\n\n";
+        assert!(matches!(
+            PlainHead::read_from(&bare[..20], &mut scanned),
+            Head::Partial
+        ));
+        assert!(matches!(
+            PlainHead::read_from(bare, &mut scanned),
+            Head::Plain(_)
+        ));
+    }
+
+    #[test]
+    fn a_head_that_cannot_start_a_get_or_head_is_left_to_hyper_at_once() {
+        for raw in [
+            "P",
+            "POST ",
+            "GETX",
+            "HEADER",
+            "\r\nPUT",
+            "get /",
+            "\r\n\r\n\r\n",
+        ] {
+            let mut scanned = 0;
+            assert!(
+                matches!(
+                    PlainHead::read_from(raw.as_bytes(), &mut scanned),
+                    Head::Other
+                ),
+                "{raw:?}"
+            );
+        }
+        for raw in ["G", "GE", "HEA", "\r\n", "\r\nGET /"] {
+            let mut scanned = 0;
+            assert!(
+                matches!(
+                    PlainHead::read_from(raw.as_bytes(), &mut scanned),
+                    Head::Partial
+                ),
+                "{raw:?}"
             );
         }
     }

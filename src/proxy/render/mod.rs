@@ -244,14 +244,23 @@ impl HitHead {
     }
 
     /// [`HitHead::of`] in HTTP/1.1 wire form, encoded once per slot. `None`
-    /// when hyper would write more than the stored lines (a `Content-Length`
-    /// or `Date` the entry lacks) or spell the status line its own way.
+    /// when hyper would write other lines than the stored ones (a
+    /// `Content-Length` or `Date` the entry lacks, an empty body's length, a
+    /// 1xx, 204 or 304) or spell the status line its own way.
     fn wire(entry: &Arc<CachedResponse>, age: u64, ttl: u64, status: CacheStatus) -> Option<Bytes> {
         HitHead::kept(entry, age, ttl, status, |kept| {
             kept.wire
                 .get_or_insert_with(|| {
                     let headers = &kept.headers;
-                    let complete = headers.contains_key(header::CONTENT_LENGTH)
+                    // hyper rewrites the length line of an empty body, and
+                    // drops it for 1xx, 204 and 304 (RFC 9110 §8.6).
+                    let status = kept.entry.status;
+                    let plain_status = !(status.is_informational()
+                        || status == StatusCode::NO_CONTENT
+                        || status == StatusCode::NOT_MODIFIED);
+                    let complete = plain_status
+                        && kept.entry.body_len() > 0
+                        && headers.contains_key(header::CONTENT_LENGTH)
                         && headers.contains_key(header::DATE);
                     complete
                         .then(|| encode_head(kept.entry.status, headers))
