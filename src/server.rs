@@ -448,15 +448,7 @@ async fn serve_http<H, F, B, S, Q>(
     let mut closing = false;
     let mut drop_at: Option<Instant> = None;
     loop {
-        let (watch_stop, watch_timeouts, deadline) = (!closing, drop_at.is_none(), drop_at);
-        let watch = async {
-            tokio::select! {
-                biased;
-                _ = stopped.wait_for(|stop| *stop), if watch_stop => Watched::Stop,
-                expired = activity.expired(limits), if watch_timeouts => Watched::Expired(expired),
-                () = sleep_until_some(deadline) => Watched::DropNow,
-            }
-        };
+        let watch = watch_connection(&mut stopped, &activity, limits, !closing, drop_at);
         tokio::pin!(watch);
         let watch = PolledWhenWoken::new(watch);
         tokio::select! {
@@ -555,15 +547,7 @@ where
     let mut drop_at: Option<Instant> = None;
     loop {
         let watch_stop = !stopping.load(Ordering::Relaxed);
-        let (watch_timeouts, deadline) = (drop_at.is_none(), drop_at);
-        let watch = async {
-            tokio::select! {
-                biased;
-                _ = stopped.wait_for(|stop| *stop), if watch_stop => Watched::Stop,
-                expired = activity.expired(limits), if watch_timeouts => Watched::Expired(expired),
-                () = sleep_until_some(deadline) => Watched::DropNow,
-            }
-        };
+        let watch = watch_connection(stopped, &activity, limits, watch_stop, drop_at);
         tokio::pin!(watch);
         let watch = PolledWhenWoken::new(watch);
         tokio::select! {
@@ -707,6 +691,24 @@ async fn write_response<S: AsyncWrite + Unpin>(
         body.advance(written - from_head);
     }
     io.flush().await
+}
+
+/// A connection's watchdog: resolves when the server stops (if
+/// `watch_stop`), when a timeout runs out (until a graceful close has set
+/// `drop_at`), or at `drop_at`.
+async fn watch_connection(
+    stopped: &mut watch::Receiver<bool>,
+    activity: &Activity,
+    limits: &ConnectionLimits,
+    watch_stop: bool,
+    drop_at: Option<Instant>,
+) -> Watched {
+    tokio::select! {
+        biased;
+        _ = stopped.wait_for(|stop| *stop), if watch_stop => Watched::Stop,
+        expired = activity.expired(limits), if drop_at.is_none() => Watched::Expired(expired),
+        () = sleep_until_some(drop_at) => Watched::DropNow,
+    }
 }
 
 /// What a connection's watchdog saw.

@@ -17,7 +17,7 @@ mod support;
 
 use support::Setup;
 use support::raw_client::{
-    BOUND, Closed, find, read_response, read_until_closed, send_raw, status_of,
+    BOUND, Closed, find, read_response, read_until_closed, send_raw, send_while_reading, status_of,
 };
 
 use std::net::SocketAddr;
@@ -316,19 +316,8 @@ async fn oversized_headers_get_431() {
         "GET /p HTTP/1.1\r\nHost: corral.test\r\nX-Big: {}\r\n\r\n",
         "a".repeat(64 * 1024)
     );
-    let mut stream = TcpStream::connect(corral.addr).await.unwrap();
-    let (mut reader, mut writer) = stream.split();
-    let (_, closed) = tokio::join!(
-        async {
-            // The server stops reading at its limit; the rest may not be taken.
-            let _ = writer.write_all(big.as_bytes()).await;
-        },
-        async {
-            let mut bytes = Vec::new();
-            let _ = timeout(BOUND, reader.read_to_end(&mut bytes)).await;
-            bytes
-        }
-    );
+    // The server stops reading at its limit; the rest may not be taken.
+    let closed = send_while_reading(corral.addr, big.as_bytes()).await;
     assert_eq!(
         status_of(&closed),
         Some(431),

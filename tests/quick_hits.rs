@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use corral::metrics::ClientLimit;
 use corral::testing::mock_origin::{MockOrigin, Reply};
-use support::raw_client::{BOUND, find, read_until_closed, send_raw, status_of};
+use support::raw_client::{
+    BOUND, find, read_until_closed, send_raw, send_while_reading, status_of, whole_response_len,
+};
 use support::{Setup, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -82,17 +84,9 @@ async fn read_raw_response(stream: &mut TcpStream, to_head: bool) -> Vec<u8> {
         let mut bytes = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some(end) = find(&bytes, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|line| line.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().expect("numeric content-length"));
-                let whole = end + 4 + if to_head { 0 } else { length };
-                if bytes.len() >= whole {
-                    assert_eq!(bytes.len(), whole, "nothing beyond the response");
-                    return bytes;
-                }
+            if let Some(whole) = whole_response_len(&bytes, to_head) {
+                assert_eq!(bytes.len(), whole, "nothing beyond the response");
+                return bytes;
             }
             let n = stream.read(&mut chunk).await.expect("read response");
             assert!(n > 0, "closed before a whole response: {bytes:?}");
@@ -109,17 +103,10 @@ async fn read_responses(stream: &mut TcpStream, count: usize) -> Vec<String> {
     let mut responses = Vec::new();
     let read_all = async {
         while responses.len() < count {
-            if let Some(end) = find(&bytes, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|line| line.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().expect("numeric content-length"));
-                if bytes.len() >= end + 4 + length {
-                    let whole: Vec<u8> = bytes.drain(..end + 4 + length).collect();
-                    responses.push(String::from_utf8_lossy(&whole).into_owned());
-                    continue;
-                }
+            if let Some(whole) = whole_response_len(&bytes, false) {
+                let response: Vec<u8> = bytes.drain(..whole).collect();
+                responses.push(String::from_utf8_lossy(&response).into_owned());
+                continue;
             }
             let n = stream.read(&mut chunk).await.expect("read responses");
             assert!(n > 0, "closed after {} responses", responses.len());
@@ -291,19 +278,8 @@ async fn a_refused_request_for_a_stored_key_is_refused_by_hyper_and_counted_once
     // Over hyper's buffer: hyper's own 431.
     let padding = format!("X-Pad: {}", "a".repeat(64 * 1024));
     let big = request("GET", "/c/item", &[&padding]);
-    let mut stream = TcpStream::connect(corral.addr).await.unwrap();
-    let (mut reader, mut writer) = stream.split();
-    let (_, closed) = tokio::join!(
-        async {
-            // The server stops reading at its limit; the rest may not be taken.
-            let _ = writer.write_all(&big).await;
-        },
-        async {
-            let mut bytes = Vec::new();
-            let _ = timeout(BOUND, reader.read_to_end(&mut bytes)).await;
-            bytes
-        }
-    );
+    // The server stops reading at its limit; the rest may not be taken.
+    let closed = send_while_reading(corral.addr, &big).await;
     assert_eq!(
         status_of(&closed),
         Some(431),

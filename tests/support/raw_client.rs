@@ -57,16 +57,10 @@ pub async fn read_response(stream: &mut TcpStream) -> (u16, String) {
         let mut bytes = Vec::new();
         let mut chunk = [0u8; 16 * 1024];
         loop {
-            if let Some(end) = find(&bytes, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|line| line.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().expect("numeric content-length"));
-                if bytes.len() >= end + 4 + length {
-                    let body = String::from_utf8_lossy(&bytes[end + 4..end + 4 + length]);
-                    return (status_of(&bytes).expect("a status line"), body.into_owned());
-                }
+            if let Some(whole) = whole_response_len(&bytes, false) {
+                let end = find(&bytes, b"\r\n\r\n").expect("a head") + 4;
+                let body = String::from_utf8_lossy(&bytes[end..whole]);
+                return (status_of(&bytes).expect("a status line"), body.into_owned());
             }
             let n = stream.read(&mut chunk).await.expect("read response");
             assert!(
@@ -79,6 +73,20 @@ pub async fn read_response(stream: &mut TcpStream) -> (u16, String) {
     timeout(BOUND, read_one).await.expect("a response arrives")
 }
 
+/// The length of the response at the start of `bytes` (its head, then
+/// `Content-Length` bytes of body, or none when it answers a HEAD:
+/// `to_head`), once all of it has arrived.
+pub fn whole_response_len(bytes: &[u8], to_head: bool) -> Option<usize> {
+    let end = find(bytes, b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().expect("numeric content-length"));
+    let whole = end + if to_head { 0 } else { length };
+    (bytes.len() >= whole).then_some(whole)
+}
+
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -88,6 +96,25 @@ pub fn status_of(bytes: &[u8]) -> Option<u16> {
         .strip_prefix(b"HTTP/1.1 ")
         .or_else(|| bytes.strip_prefix(b"HTTP/1.0 "))?;
     std::str::from_utf8(line.get(..3)?).ok()?.parse().ok()
+}
+
+/// Connects, writes `request` while reading, and returns everything read
+/// until the server closed the connection (or [`BOUND`] ran out): for a
+/// request the server refuses before reading it all, so the write may fail.
+pub async fn send_while_reading(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut reader, mut writer) = stream.split();
+    let (_, received) = tokio::join!(
+        async {
+            let _ = writer.write_all(request).await;
+        },
+        async {
+            let mut bytes = Vec::new();
+            let _ = timeout(BOUND, reader.read_to_end(&mut bytes)).await;
+            bytes
+        }
+    );
+    received
 }
 
 /// Connects and writes `request` verbatim.
