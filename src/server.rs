@@ -395,16 +395,17 @@ async fn serve_http<H, F, B, S, Q>(
     };
     let mut answered_quickly = false;
     if let Some(quick) = &listener.quick {
-        // Boxed: once hyper has the connection, its task need not keep room
-        // for the quick path's state.
-        let quickly = Box::pin(answer_plain_heads(
+        // Not boxed: its state and hyper's are never alive together, so
+        // they share their room in the task, and a connection handed to
+        // hyper leaves no freed block of the quick path's behind.
+        let quickly = answer_plain_heads(
             quick,
             &mut stream,
             client,
             &listener.limits,
             &listener.counters,
             &mut stopped,
-        ));
+        );
         match quickly.await {
             QuickEnd::Closed => return,
             // Never an empty box: that would read as the client's EOF.
@@ -503,8 +504,14 @@ impl<T> QuickAnswer for T where
 /// The `quick` of a listener without a quick path.
 pub type NoQuickPath = fn(&Parts, SocketAddr) -> Option<WireResponse>;
 
-/// Bytes the quick path asks the socket for at a time (a head is usually
-/// far smaller; a larger one grows the buffer up to hyper's limit).
+/// Bytes the quick path asks the socket for when its buffer is empty: most
+/// heads fit. Small on purpose: a connection the quick path hands to hyper
+/// frees this buffer, and a small block is soon reused by the allocator,
+/// where a large one would linger as a hole in every such connection's RSS.
+const QUICK_FIRST_READ: usize = 512;
+
+/// Bytes the quick path asks the socket for while a head is incomplete: it
+/// grows the buffer, up to hyper's limit.
 const QUICK_READ_SIZE: usize = 4096;
 
 /// How the quick path left a connection.
@@ -604,28 +611,9 @@ where
     let mut answered = false;
     loop {
         if !buf.is_empty() {
-            match PlainHead::read_from(&buf, &mut scanned) {
-                Head::Plain(plain) => {
-                    if stopping.load(Ordering::Relaxed) {
-                        // hyper answers it, saying the connection closes.
-                        return QuickEnd::ToHyper {
-                            unread: buf.freeze(),
-                            answered,
-                        };
-                    }
-                    let head = buf.split_to(plain.len).freeze();
-                    scanned = 0;
-                    let answer = plain.parts(&head).and_then(|parts| quick(&parts, client));
-                    let Some(response) = answer else {
-                        let mut unread = BytesMut::with_capacity(head.len() + buf.len());
-                        unread.extend_from_slice(&head);
-                        unread.extend_from_slice(&buf);
-                        return QuickEnd::ToHyper {
-                            unread: unread.freeze(),
-                            answered,
-                        };
-                    };
-                    drop(head);
+            let stop = stopping.load(Ordering::Relaxed);
+            match next_step(&mut buf, &mut scanned, max_head, stop, quick, client) {
+                Step::Answer(response) => {
                     answered = true;
                     // Done once handed to the socket, as hyper counts a
                     // response done once it has taken its body: the idle
@@ -645,20 +633,20 @@ where
                     }
                     continue;
                 }
-                Head::Partial if buf.len() < max_head => {}
-                Head::Partial | Head::Other => {
-                    return QuickEnd::ToHyper {
-                        unread: buf.freeze(),
-                        answered,
-                    };
-                }
+                Step::ToHyper(unread) => return QuickEnd::ToHyper { unread, answered },
+                Step::ReadMore => {}
             }
         }
         if stopping.load(Ordering::Relaxed) && buf.is_empty() {
             return QuickEnd::Closed;
         }
         let room = max_head - buf.len();
-        buf.reserve(QUICK_READ_SIZE.min(room));
+        let want = if buf.is_empty() {
+            QUICK_FIRST_READ
+        } else {
+            QUICK_READ_SIZE
+        };
+        buf.reserve(want.min(room));
         awaiting_head.store(buf.is_empty(), Ordering::Relaxed);
         let read = io.read_buf(&mut (&mut buf).limit(room)).await;
         awaiting_head.store(false, Ordering::Relaxed);
@@ -669,6 +657,50 @@ where
                 tracing::debug!(%client, %error, "connection ended with an error");
                 return QuickEnd::Closed;
             }
+        }
+    }
+}
+
+/// What the quick path does with the bytes it has read.
+enum Step {
+    /// Write this answer to the head it took off the buffer.
+    Answer(WireResponse),
+    /// Hand the connection to hyper, with these bytes unread.
+    ToHyper(Bytes),
+    /// Read more: the head is not complete yet.
+    ReadMore,
+}
+
+/// Takes the next head off `buf` and answers it with `quick` when it can,
+/// for [`serve_plain_heads`]. Synchronous, so the parsed head (half a KiB)
+/// never has to be kept across an await in every connection's task.
+/// Once the server is `stopping`, every head goes to hyper, whose graceful
+/// shutdown answers it and closes.
+fn next_step<Q: QuickAnswer>(
+    buf: &mut BytesMut,
+    scanned: &mut usize,
+    max_head: usize,
+    stopping: bool,
+    quick: &Q,
+    client: SocketAddr,
+) -> Step {
+    let plain = match PlainHead::read_from(buf, scanned) {
+        Head::Plain(plain) if !stopping => plain,
+        Head::Partial if buf.len() < max_head => return Step::ReadMore,
+        Head::Plain(_) | Head::Partial | Head::Other => {
+            return Step::ToHyper(std::mem::take(buf).freeze());
+        }
+    };
+    let head = buf.split_to(plain.len).freeze();
+    *scanned = 0;
+    match plain.parts(&head).and_then(|parts| quick(&parts, client)) {
+        Some(response) => Step::Answer(response),
+        None => {
+            let mut unread = BytesMut::with_capacity(head.len() + buf.len());
+            unread.extend_from_slice(&head);
+            unread.extend_from_slice(buf);
+            buf.clear();
+            Step::ToHyper(unread.freeze())
         }
     }
 }
@@ -703,11 +735,20 @@ async fn watch_connection(
     watch_stop: bool,
     drop_at: Option<Instant>,
 ) -> Watched {
+    // One timer at a time: every connection's task keeps room for this.
+    let timers = async {
+        match drop_at {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                Watched::DropNow
+            }
+            None => Watched::Expired(activity.expired(limits).await),
+        }
+    };
     tokio::select! {
         biased;
         _ = stopped.wait_for(|stop| *stop), if watch_stop => Watched::Stop,
-        expired = activity.expired(limits), if drop_at.is_none() => Watched::Expired(expired),
-        () = sleep_until_some(drop_at) => Watched::DropNow,
+        watched = timers => watched,
     }
 }
 
@@ -777,14 +818,6 @@ impl<F: Future + Unpin> Future for PolledWhenWoken<F> {
             return Poll::Pending;
         }
         Pin::new(&mut this.future).poll(&mut Context::from_waker(&this.waker))
-    }
-}
-
-/// Sleeps until `at`, or forever when there is no deadline.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
