@@ -50,9 +50,9 @@
 //! everything after it on the connection, go to hyper, which reads them
 //! from the same bytes: the quick path never answers, refuses or closes on a
 //! request it did not answer itself. Its limits are hyper's: the timeouts
-//! above, run by the same watchdog (a response the client has not taken
-//! within the idle timeout ends the connection), and heads no longer than
-//! hyper's buffer.
+//! above, run by the same watchdog (an answer the client has not taken
+//! within the idle timeout gets one more header timeout, as under hyper's
+//! graceful shutdown), and heads no longer than hyper's buffer.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -517,7 +517,7 @@ const QUICK_READ_SIZE: usize = 4096;
 /// How the quick path left a connection.
 enum QuickEnd {
     /// The connection is done: the client closed it, a timeout or an error
-    /// cut it off, or the server is stopping.
+    /// cut it off, or it was closed after its last answer (stopping).
     Closed,
     /// A head the quick path does not answer: hyper serves the connection
     /// from here on, starting with `unread`; over HTTP/1 alone when the
@@ -529,8 +529,10 @@ enum QuickEnd {
 /// or is not plain, then hands the connection to hyper. The connection's
 /// watchdog runs as it does under hyper: the header timeout from accept
 /// (first head) or from a head's first byte, the idle timeout from the end
-/// of the last response; stopping closes the connection when it has no
-/// head in progress, else once that head is answered.
+/// of the last response. When the server stops, or the idle timeout runs
+/// out while an answer is being written, the connection is closed at once
+/// if no head is in progress, else after that head's answer (a write gets
+/// one more header timeout), as hyper's graceful shutdown does.
 async fn answer_plain_heads<S, Q>(
     quick: &Q,
     io: &mut WatchedStream<S>,
@@ -611,8 +613,7 @@ where
     let mut answered = false;
     loop {
         if !buf.is_empty() {
-            let stop = stopping.load(Ordering::Relaxed);
-            match next_step(&mut buf, &mut scanned, max_head, stop, quick, client) {
+            match next_step(&mut buf, &mut scanned, max_head, quick, client) {
                 Step::Answer(response) => {
                     answered = true;
                     // Done once handed to the socket, as hyper counts a
@@ -625,6 +626,11 @@ where
                     let written = write_response(io, response).await;
                     if let Err(error) = written {
                         tracing::debug!(%client, %error, "connection ended with an error");
+                        return QuickEnd::Closed;
+                    }
+                    if stopping.load(Ordering::Relaxed) {
+                        // The head in progress is answered; as hyper's
+                        // graceful shutdown does, nothing after it is.
                         return QuickEnd::Closed;
                     }
                     if !buf.is_empty() {
@@ -674,20 +680,17 @@ enum Step {
 /// Takes the next head off `buf` and answers it with `quick` when it can,
 /// for [`serve_plain_heads`]. Synchronous, so the parsed head (half a KiB)
 /// never has to be kept across an await in every connection's task.
-/// Once the server is `stopping`, every head goes to hyper, whose graceful
-/// shutdown answers it and closes.
 fn next_step<Q: QuickAnswer>(
     buf: &mut BytesMut,
     scanned: &mut usize,
     max_head: usize,
-    stopping: bool,
     quick: &Q,
     client: SocketAddr,
 ) -> Step {
     let plain = match PlainHead::read_from(buf, scanned) {
-        Head::Plain(plain) if !stopping => plain,
+        Head::Plain(plain) => plain,
         Head::Partial if buf.len() < max_head => return Step::ReadMore,
-        Head::Plain(_) | Head::Partial | Head::Other => {
+        Head::Partial | Head::Other => {
             return Step::ToHyper(std::mem::take(buf).freeze());
         }
     };

@@ -499,6 +499,38 @@ async fn a_slow_reader_of_pipelined_answers_gets_both_whole() {
     corral.shutdown().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_answer_outlasting_the_idle_timeout_is_finished_then_the_connection_closed() {
+    let origin = MockOrigin::start().await.unwrap();
+    origin.always("/big/", Reply::ok(vec![b'x'; BIG]));
+    let corral = Setup::origin(&origin)
+        .toml(
+            "[server]\nheader_read_timeout = \"10s\"\nidle_timeout = \"1s\"\n\
+             [cache]\nmax_object_size = \"32MiB\"\nmax_size = \"128MiB\"\n\
+             [[route]]\nmatch = \"/big/\"\nttl = \"60s\"\n",
+        )
+        .start()
+        .await;
+    warm(&corral, "/big/x").await;
+
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(corral.addr).await.unwrap();
+    let mut two = request("GET", "/big/x", &[]);
+    two.extend(request("GET", "/big/x", &[]));
+    stream.write_all(&two).await.unwrap();
+    // Past the idle timeout, within one more header timeout: the answer
+    // being written is finished, the pipelined one is not started.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let closed = read_until_closed(&mut stream).await;
+    let whole = whole_response_len(&closed.bytes, false).expect("one whole answer");
+    assert_eq!(closed.bytes.len(), whole, "nothing after the first answer");
+    assert!(!closed.reset, "closed in order");
+    assert_eq!(limit_count(&corral, ClientLimit::Idle), 1);
+    assert_eq!(quick_hits(&corral), 1);
+    corral.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_http2_preface_after_a_quick_hit_is_not_served_as_http2() {
     let (_origin, corral) = origin_and_corral("").await;
