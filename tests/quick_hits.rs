@@ -453,26 +453,42 @@ async fn http2_and_http1_0_on_the_same_listener_are_served_by_hyper() {
 /// hold, so writing it waits for the client.
 const BIG: usize = 16 * 1024 * 1024;
 
-#[tokio::test(start_paused = true)]
-async fn a_slow_reader_of_pipelined_answers_gets_both_whole() {
+/// Corral with `BIG` bytes stored at `/big/x`, and the header and idle
+/// timeouts given.
+async fn big_object_corral(
+    header_read_timeout: &str,
+    idle_timeout: &str,
+) -> (MockOrigin, TestProxy) {
     let origin = MockOrigin::start().await.unwrap();
     origin.always("/big/", Reply::ok(vec![b'x'; BIG]));
     let corral = Setup::origin(&origin)
-        .toml(
-            "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"60s\"\n\
+        .toml(&format!(
+            "[server]\nheader_read_timeout = \"{header_read_timeout}\"\nidle_timeout = \"{idle_timeout}\"\n\
              [cache]\nmax_object_size = \"32MiB\"\nmax_size = \"128MiB\"\n\
-             [[route]]\nmatch = \"/big/\"\nttl = \"60s\"\n",
-        )
+             [[route]]\nmatch = \"/big/\"\nttl = \"60s\"\n"
+        ))
         .start()
         .await;
     warm(&corral, "/big/x").await;
+    (origin, corral)
+}
 
+/// A connection with a small receive buffer that has sent two pipelined
+/// GETs of `/big/x` and reads nothing yet.
+async fn two_pipelined_slowly_read(corral: &TestProxy) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(corral.addr).await.unwrap();
     let mut two = request("GET", "/big/x", &[]);
     two.extend(request("GET", "/big/x", &[]));
     stream.write_all(&two).await.unwrap();
+    stream
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_of_pipelined_answers_gets_both_whole() {
+    let (_origin, corral) = big_object_corral("1s", "60s").await;
+    let mut stream = two_pipelined_slowly_read(&corral).await;
     // Longer than the header timeout, shorter than the idle one: the second
     // head waits, whole, while the first answer is being taken.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -501,24 +517,8 @@ async fn a_slow_reader_of_pipelined_answers_gets_both_whole() {
 
 #[tokio::test(start_paused = true)]
 async fn an_answer_outlasting_the_idle_timeout_is_finished_then_the_connection_closed() {
-    let origin = MockOrigin::start().await.unwrap();
-    origin.always("/big/", Reply::ok(vec![b'x'; BIG]));
-    let corral = Setup::origin(&origin)
-        .toml(
-            "[server]\nheader_read_timeout = \"10s\"\nidle_timeout = \"1s\"\n\
-             [cache]\nmax_object_size = \"32MiB\"\nmax_size = \"128MiB\"\n\
-             [[route]]\nmatch = \"/big/\"\nttl = \"60s\"\n",
-        )
-        .start()
-        .await;
-    warm(&corral, "/big/x").await;
-
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(corral.addr).await.unwrap();
-    let mut two = request("GET", "/big/x", &[]);
-    two.extend(request("GET", "/big/x", &[]));
-    stream.write_all(&two).await.unwrap();
+    let (_origin, corral) = big_object_corral("10s", "1s").await;
+    let mut stream = two_pipelined_slowly_read(&corral).await;
     // Past the idle timeout, within one more header timeout: the answer
     // being written is finished, the pipelined one is not started.
     tokio::time::sleep(Duration::from_millis(2500)).await;
