@@ -46,8 +46,8 @@ pub struct PlainHead {
     count: usize,
 }
 
-/// Where some bytes lie in the buffer: `start..end`. A head is no longer
-/// than hyper's buffer limit, which is a `usize` from a `u32`-sized config.
+/// Where some bytes lie in the head: `start..end`. [`PlainHead::read`]
+/// leaves a head longer than `u32::MAX` bytes to hyper, so offsets fit.
 #[derive(Debug, Clone, Copy, Default)]
 struct Span {
     start: u32,
